@@ -1,0 +1,8 @@
+"""`panel serve apps/explorer.py`: the whole Entropy Explorer, one page per `?page=`."""
+
+import panel as pn
+
+from explorer.views.app import build_app
+
+pn.extension("tabulator", notifications=True, sizing_mode="stretch_width")
+build_app().servable()

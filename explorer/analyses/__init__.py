@@ -1,0 +1,1 @@
+"""param.Parameterized studies: settings in, cached derived results out."""

@@ -1,0 +1,1 @@
+"""Loading and validating data sets (embeddings, classifier outputs, question sets)."""

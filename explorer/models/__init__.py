@@ -1,0 +1,1 @@
+"""Loading language models and embedders, once per process, with clear errors."""

@@ -1,0 +1,136 @@
+"""A scored or generated text with its cached logits: every token-level measure at any temperature.
+
+A :class:`TokenTrace` keeps the raw logits of each position, so ``trace.at_temperature(T)`` re-scores
+the same tokens at another temperature without a new forward pass (formulas.md section 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+
+import pandas as pd
+import torch
+
+from explorer.kernels.entropy import entropy_sweep, token_statistics, top_alternatives
+
+RANK_BUCKETS = (10, 100, 1000)  # GLTR's buckets: top-10, top-100, top-1000, beyond
+
+
+def rank_bucket(rank: torch.Tensor) -> torch.Tensor:
+    """0 for rank <= 10, 1 for <= 100, 2 for <= 1000, 3 beyond (GLTR)."""
+    edges = torch.tensor(RANK_BUCKETS, device=rank.device)
+    return torch.bucketize(rank, edges, right=False)
+
+
+@dataclass(frozen=True, eq=False)
+class TokenTrace:
+    """Tokens of a text and the logits that predicted each of them.
+
+    Measures (nats) are computed on first use at ``temperature`` and cached: ``entropy``,
+    ``surprisal``, ``varentropy``, ``rank`` (1 = the most likely token), ``top_probs``/``top_ids``.
+    For generated text, ``full_entropy``/``truncated_entropy``/``n_kept`` record the decoding rule's
+    effect at each step (at the generation temperature).
+    """
+
+    tokens: list[str]
+    token_ids: torch.Tensor
+    logits: torch.Tensor
+    context_ids: torch.Tensor
+    context: str = ""
+    kind: str = "scored"
+    temperature: float = 1.0
+    decoding: str = ""
+    generation_temperature: float | None = None
+    full_entropy: torch.Tensor | None = None
+    truncated_entropy: torch.Tensor | None = None
+    n_kept: torch.Tensor | None = None
+    stopped: bool = False
+    top_k: int = field(default=10, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.tokens)
+
+    def at_temperature(self, temperature: float) -> "TokenTrace":
+        """The same tokens re-scored at ``temperature`` from the cached logits (no forward pass)."""
+        if not (temperature > 0 and temperature < float("inf")):
+            raise ValueError(f"temperature must be positive and finite, got {temperature}")
+        return replace(self, temperature=float(temperature))
+
+    @cached_property
+    def _statistics(self) -> dict[str, torch.Tensor]:
+        return token_statistics(self.logits, self.token_ids, temperature=self.temperature)
+
+    @property
+    def entropy(self) -> torch.Tensor:
+        return self._statistics["entropy"]
+
+    @property
+    def surprisal(self) -> torch.Tensor:
+        return self._statistics["surprisal"]
+
+    @property
+    def varentropy(self) -> torch.Tensor:
+        return self._statistics["varentropy"]
+
+    @property
+    def rank(self) -> torch.Tensor:
+        return self._statistics["rank"]
+
+    @cached_property
+    def _top(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return top_alternatives(self.logits, k=self.top_k, temperature=self.temperature)
+
+    @property
+    def top_probs(self) -> torch.Tensor:
+        return self._top[0]
+
+    @property
+    def top_ids(self) -> torch.Tensor:
+        return self._top[1]
+
+    def entropy_at(self, temperatures) -> torch.Tensor:
+        """Entropy of every position at each temperature: ``Tensor[len(temperatures), len(self)]``."""
+        return entropy_sweep(self.logits, torch.as_tensor(temperatures, dtype=torch.float32))
+
+    def summary(self) -> dict[str, float]:
+        """Mean entropy, log-perplexity, perplexity, the zero-shot detection statistic D and rank buckets.
+
+        D = mean surprisal - mean entropy (Zero-Shot Statistical Tests for LLM-Generated Text Detection).
+        """
+        log_ppl = float(self.surprisal.mean())
+        mean_entropy = float(self.entropy.mean())
+        buckets = torch.bincount(rank_bucket(self.rank), minlength=len(RANK_BUCKETS) + 1).tolist()
+        return {
+            "tokens": len(self), "temperature": self.temperature, "mean_entropy": mean_entropy,
+            "log_perplexity": log_ppl, "perplexity": float(torch.exp(torch.tensor(log_ppl))),
+            "detection_statistic": log_ppl - mean_entropy, "mean_varentropy": float(self.varentropy.mean()),
+            **{f"rank_{label}": n for label, n in zip(("top10", "top100", "top1000", "beyond"), buckets)},
+        }
+
+    def to_frame(self, decode=None) -> pd.DataFrame:
+        """One row per token: position, token, id, measures, rank bucket, top alternatives.
+
+        ``decode`` (id -> str) names the alternatives; without it they are listed by id.
+        """
+        decode = decode or (lambda i: f"#{i}")
+        alternatives = [
+            "; ".join(f"{decode(int(i))!r}:{float(p):.3f}" for p, i in zip(probs, ids))
+            for probs, ids in zip(self.top_probs.cpu(), self.top_ids.cpu())
+        ]
+        frame = pd.DataFrame({
+            "position": range(len(self)), "token": self.tokens, "token_id": self.token_ids.cpu().tolist(),
+            "entropy": self.entropy.cpu().numpy(), "surprisal": self.surprisal.cpu().numpy(),
+            "varentropy": self.varentropy.cpu().numpy(), "rank": self.rank.cpu().numpy(),
+            "rank_bucket": rank_bucket(self.rank).cpu().numpy(), "top_alternatives": alternatives,
+        })
+        if self.truncated_entropy is not None:
+            frame["full_entropy_at_generation"] = self.full_entropy.cpu().numpy()
+            frame["truncated_entropy"] = self.truncated_entropy.cpu().numpy()
+            frame["tokens_kept"] = self.n_kept.cpu().numpy()
+        frame.attrs.update(temperature=self.temperature, kind=self.kind, decoding=self.decoding)
+        return frame

@@ -1,0 +1,25 @@
+"""Panel components, one per page; each renders alone in a notebook.
+
+    from explorer.views import TokenEntropyLens
+    TokenEntropyLens()
+
+Names are imported lazily so that ``import explorer.views`` stays cheap.
+"""
+
+from importlib import import_module
+
+_COMPONENTS = {
+    "TokenEntropyLens": "explorer.views.token_lens",
+    "TemperatureSensitivity": "explorer.views.temperature",
+    "DiversityExplorer": "explorer.views.diversity",
+    "ConformalExplorer": "explorer.views.conformal",
+    "BackgroundTask": "explorer.views.task",
+}
+
+__all__ = list(_COMPONENTS)
+
+
+def __getattr__(name):
+    if name in _COMPONENTS:
+        return getattr(import_module(_COMPONENTS[name]), name)
+    raise AttributeError(f"module 'explorer.views' has no attribute {name!r}")
