@@ -44,7 +44,7 @@ case "$cmd" in
   setup) setup ;;
   serve)
     setup
-    exec "$VENV/bin/panel" serve apps/explorer.py --port "${PORT:-5006}" --address "${ADDRESS:-127.0.0.1}" "$@" ;;
+    exec "$VENV/bin/panel" serve apps/entropy_explorer.py --port "${PORT:-5006}" --address "${ADDRESS:-127.0.0.1}" "$@" ;;
   test)
     setup
     need_chromium

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from explorer.errors import InputError
 
-APP = Path(__file__).resolve().parents[1] / "apps" / "explorer.py"
+APP = Path(__file__).resolve().parents[1] / "apps" / "entropy_explorer.py"
 
 
 def _serve(args) -> int:

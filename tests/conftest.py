@@ -30,18 +30,18 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def app_url():
-    """Serve ``apps/explorer.py`` with ``panel serve`` on a free loopback port for the session."""
+    """Serve ``apps/entropy_explorer.py`` with ``panel serve`` on a free loopback port for the session."""
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     log_path = ROOT / "assets" / "screenshots" / "server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "panel", "serve", "apps/explorer.py", "--port", str(port),
+        [sys.executable, "-m", "panel", "serve", "apps/entropy_explorer.py", "--port", str(port),
          "--address", "127.0.0.1", f"--allow-websocket-origin=127.0.0.1:{port}"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
-    url = f"http://127.0.0.1:{port}/explorer"
+    url = f"http://127.0.0.1:{port}/entropy_explorer"
     deadline = time.time() + 120
     while time.time() < deadline:
         if server.poll() is not None:

@@ -1,4 +1,4 @@
-"""`panel serve apps/explorer.py`: the whole Entropy Explorer, one page per `?page=`."""
+"""`panel serve apps/entropy_explorer.py`: the whole Entropy Explorer, one page per `?page=`."""
 
 import panel as pn
 
