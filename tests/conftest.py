@@ -33,7 +33,7 @@ def app_url():
     """Serve ``apps/entropy_explorer.py`` with ``panel serve`` on a free loopback port for the session."""
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    log_path = ROOT / "assets" / "screenshots" / "server.log"
+    log_path = ROOT / "assets" / "screenshots" / f"server-{port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "w")
     server = subprocess.Popen(
@@ -42,7 +42,7 @@ def app_url():
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}/entropy_explorer"
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     while time.time() < deadline:
         if server.poll() is not None:
             raise RuntimeError(f"panel serve exited early; see {log_path}")
@@ -53,7 +53,7 @@ def app_url():
             time.sleep(0.5)
     else:
         server.kill()
-        raise RuntimeError(f"panel serve did not answer within 120 s; see {log_path}")
+        raise RuntimeError(f"panel serve did not answer within 300 s; see {log_path}")
     yield url
     server.terminate()
     try:

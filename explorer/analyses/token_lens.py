@@ -131,7 +131,7 @@ class TokenLensStudy(param.Parameterized):
         key = (round(float(self.temperature), 4), self.window)
         if key not in self._frames:
             if len(self._frames) >= MAX_CACHED_TEMPERATURES:
-                self._frames.pop(next(iter(self._frames)))
+                self._frames.pop(next(k for k in self._frames if k[0] != "sweep"))
             frame = self.scored.to_frame(decode=self.decode)
             for column in ("entropy", "surprisal", "varentropy"):
                 frame[f"{column}_rolling"] = frame[column].rolling(self.window, min_periods=1).mean()
@@ -149,10 +149,14 @@ class TokenLensStudy(param.Parameterized):
         """Long frame (temperature, position, entropy) from one ``entropy_sweep`` over the cached logits."""
         if self.trace is None:
             raise InputError("Nothing scored yet: press Generate or Score.")
-        sweep = self.trace.entropy_at(list(temperatures)).cpu().numpy()
-        n = sweep.shape[1]
-        return pd.DataFrame({"temperature": np.repeat(temperatures, n), "position": np.tile(np.arange(n), len(sweep)),
-                             "entropy": sweep.ravel()})
+        key = ("sweep", tuple(temperatures))
+        if key not in self._frames:
+            sweep = self.trace.entropy_at(list(temperatures)).cpu().numpy()
+            n = sweep.shape[1]
+            self._frames[key] = pd.DataFrame({"temperature": np.repeat(temperatures, n),
+                                              "position": np.tile(np.arange(n), len(sweep)),
+                                              "entropy": sweep.ravel()})
+        return self._frames[key]
 
     def attention_frame(self) -> pd.DataFrame:
         """Mean attention entropy over the text's tokens, one row per (layer, head)."""

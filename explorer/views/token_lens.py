@@ -17,7 +17,7 @@ import pandas as pd
 import panel as pn
 import param
 
-from explorer.analyses.token_lens import BUCKET_LABELS, TokenLensStudy
+from explorer.analyses.token_lens import BUCKET_LABELS, SMALL_MULTIPLE_TEMPERATURES, TokenLensStudy
 from explorer.views.task import BackgroundTask
 
 
@@ -107,7 +107,10 @@ class TokenEntropyLens(pn.viewable.Viewer):
             pn.widgets.IntSlider.from_param(study.param.window, width=160),
         )
         details = pn.Tabs(
-            ("Entropy at six temperatures", pn.panel(pn.bind(self._small_multiples, study.param.trace))),
+            ("Entropy at six temperatures", pn.GridBox(*[
+                pn.pane.HoloViews(hv.DynamicMap(pn.bind(self._entropy_at, study.param.trace, temperature=t)), margin=0)
+                for t in SMALL_MULTIPLE_TEMPERATURES], ncols=3, width=RESULTS_WIDTH)),
+            ("Decoding rule", pn.panel(pn.bind(self._decoding_effect, study.param.trace))),
             ("Rank buckets", pn.pane.HoloViews(pn.bind(self._rank_histogram, study.param.trace))),
             ("Attention entropy", pn.Row(
                 pn.pane.HoloViews(pn.bind(self._attention_heatmap, study.param.attention)),
@@ -222,30 +225,41 @@ class TokenEntropyLens(pn.viewable.Viewer):
                           .opts(color=colour, alpha=0.45, line_width=1))
             curves.append(hv.Curve(frame, "position", (f"{measure}_rolling", "nats"),
                                    label=f"{measure}, rolling mean").opts(color=colour, line_width=2.5))
-        # Same overlay structure for scored text (empty curves) so the DynamicMap can update in place.
-        if "truncated_entropy" not in frame:
-            frame = frame.assign(truncated_entropy=np.nan, full_entropy_at_generation=np.nan)
-        curves.append(hv.Curve(frame, "position", ("truncated_entropy", "nats"),
-                               label="after the decoding rule (sampling T)")
-                      .opts(color="#dc2626", line_dash="dashed", line_width=1.5))
-        curves.append(hv.Curve(frame, "position", ("full_entropy_at_generation", "nats"),
-                               label="full, at sampling T").opts(color="#111827", line_dash="dotted"))
-        plotted = [f"{m}{suffix}" for m in MEASURE_COLOURS for suffix in ("", "_rolling")] + ["truncated_entropy"]
+        plotted = [f"{m}{suffix}" for m in MEASURE_COLOURS for suffix in ("", "_rolling")]
         values = frame[plotted].astype(float)
         top = float(np.nanmax(values.to_numpy())) if len(frame) and np.isfinite(values.to_numpy()).any() else 1.0
         limits = dict(xlim=(0, max(len(frame) - 1, 1)), ylim=(0, top * 1.05))
         return hv.Overlay([curve.opts(framewise=True, **limits) for curve in curves]).opts(**options)
 
-    def _small_multiples(self, trace):
-        if trace is None:
-            return pn.pane.Markdown("Score or generate a text first.")
-        sweep = self.study.entropy_at_temperatures()
-        top = float(sweep["entropy"].max()) * 1.05 + 1e-6
-        panels = [pn.pane.HoloViews(hv.Curve(group, "position", ("entropy", "entropy (nats)")).opts(
-            title=f"T = {t:g} · mean {group['entropy'].mean():.2f} nats", height=170, width=260, color="#0f766e",
-            tools=["hover"], ylim=(0, top), toolbar=None), margin=0)
-            for t, group in sweep.groupby("temperature")]
-        return pn.GridBox(*panels, ncols=3, width=RESULTS_WIDTH)
+    def _entropy_at(self, trace, temperature: float):
+        """One small multiple: entropy along the text at ``temperature`` (from the cached sweep)."""
+        sweep = self.study.entropy_at_temperatures() if trace is not None else pd.DataFrame(
+            {"temperature": [temperature], "position": [0], "entropy": [np.nan]})
+        group = sweep[sweep.temperature == temperature]
+        top = float(np.nanmax(sweep["entropy"])) * 1.05 if trace is not None else 1.0
+        mean = f" · mean {group['entropy'].mean():.2f} nats" if trace is not None else ""
+        return hv.Curve(group, "position", ("entropy", "entropy (nats)")).opts(
+            title=f"T = {temperature:g}{mean}", height=170, width=240, color="#0f766e", tools=["hover"],
+            ylim=(0, top), xlim=(0, max(len(group) - 1, 1)), framewise=True, toolbar=None)
+
+    def _decoding_effect(self, trace):
+        """Full vs truncated entropy at the sampling temperature and tokens kept, per generated token."""
+        if trace is None or trace.truncated_entropy is None:
+            return pn.pane.Markdown("Generate from a prompt to see what the decoding rule removed at each step: "
+                                    "the entropy of the full distribution, of the truncated one, and how many "
+                                    "tokens survived.", width=RESULTS_WIDTH)
+        frame = pd.DataFrame({"position": np.arange(len(trace)), "full": trace.full_entropy.cpu().numpy(),
+                              "truncated": trace.truncated_entropy.cpu().numpy(),
+                              "kept": trace.n_kept.cpu().numpy()})
+        entropy = (hv.Curve(frame, "position", ("full", "nats"), label="full distribution").opts(color="#111827")
+                   * hv.Curve(frame, "position", ("truncated", "nats"), label="after the rule").opts(
+                       color="#dc2626", line_dash="dashed")).opts(
+            title=f"Entropy at the sampling temperature: {trace.decoding}", width=RESULTS_WIDTH, height=240,
+            legend_position="top_left", tools=["hover"], show_grid=True)
+        kept = hv.Curve(frame, "position", ("kept", "tokens kept")).opts(
+            width=RESULTS_WIDTH, height=170, logy=True, color="#0f766e", tools=["hover"], show_grid=True,
+            title="Tokens that survived the rule (log scale)")
+        return pn.Column(pn.pane.HoloViews(entropy), pn.pane.HoloViews(kept))
 
     def _rank_histogram(self, trace):
         """Ranks do not depend on the temperature: this plot changes only with the text."""
@@ -257,7 +271,7 @@ class TokenEntropyLens(pn.viewable.Viewer):
         frame = self.study.attention_frame() if attention is not None else pd.DataFrame(
             {"head": [], "layer": [], "entropy": []})
         return hv.HeatMap(frame, ["head", "layer"], "entropy").opts(
-            title="Mean attention entropy (nats), layer x head", cmap="viridis", colorbar=True, tools=["hover"],
+            title="Mean attention entropy (nats)", cmap="viridis", colorbar=True, tools=["hover"],
             height=330, width=360, invert_yaxis=True)
 
     def _attention_curve(self, attention, layer, head):

@@ -58,6 +58,13 @@ def test_lens_page_end_to_end(app_url, page, screenshot):
     wait_for_summary(page, r"generated \(")
     assert page.locator(".lens-tok").count() <= 12
     screenshot(page, "lens_generated")
+    page.locator(".bk-tab", has_text="Decoding rule").click()
+    page.wait_for_timeout(1500)  # Bokeh draws on a canvas: give it a moment before the picture
+    assert not page.get_by_text("Generate from a prompt to see what").is_visible()
+    screenshot(page, "lens_decoding_rule")
+    page.locator(".bk-tab", has_text="Attention entropy").click()
+    page.wait_for_timeout(1500)
+    screenshot(page, "lens_attention")
 
     # A bad setting: temperature 0 gives a clear message and the page keeps working.
     field(page, "Sampling temperature").fill("0")
