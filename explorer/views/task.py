@@ -40,7 +40,7 @@ class BackgroundTask(pn.viewable.Viewer):
         self._progress = Progress()
         self._bar = pn.indicators.Progress(value=0, max=1000, visible=False, sizing_mode="stretch_width", height=18)
         self._status = pn.pane.Markdown("", visible=False, margin=(0, 10), css_classes=["task-status"])
-        self._stop = pn.widgets.Button(name="Stop", button_type="warning", visible=False, width=80)
+        self._stop = pn.widgets.Button(label="Stop", color="warning", visible=False, width=80)
         self._stop.on_click(lambda _event: self._progress.cancel())
         self._alert = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width",
                                     css_classes=["task-alert"])

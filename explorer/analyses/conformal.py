@@ -1,0 +1,341 @@
+"""One split-conformal study of a classifier's outputs: settings, sets, coverage diagnostics.
+
+:class:`ConformalAnalysis` holds the outputs (probabilities + labels) and the user's settings.
+Derived results are computed on first use and cached under the settings they depend on:
+
+- per data set and score (method, randomisation, RAPS parameters): every label's score in rank
+  order (:func:`explorer.kernels.conformal.rank_scores`: one sort + cumulative sum per row);
+- per split (fraction, seed): the sorted calibration scores;
+- per alpha: an order-statistic lookup and a recount of the test sets (milliseconds).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from fractions import Fraction
+
+import numpy as np
+import pandas as pd
+import param
+import torch
+from scipy import stats
+
+from explorer.data.classifier_outputs import ClassifierOutputs
+from explorer.errors import InputError
+from explorer.kernels import conformal as cp
+from explorer.progress import Progress
+
+METHOD_NAMES = {"LAC (1 - p of the true label)": "lac", "APS (adaptive sets)": "aps",
+                "RAPS (regularised APS)": "raps", "Top-K (rank of the true label)": "topk"}
+ALPHA_GRID = np.round(np.arange(0.01, 0.505, 0.01), 3)
+BAND = (0.05, 0.95)
+
+
+SOURCES = {"Digits: small MLP": "digits", "Digits: overconfident MLP (logits x 4)": "digits_overconfident",
+           "LLM multiple choice (SmolLM2-135M)": "mcq", "Uploaded file": "upload"}
+
+
+def load_source(source: str, progress: Progress | None = None, files: dict[str, bytes] | None = None,
+                kind: str = "auto") -> ClassifierOutputs:
+    """The outputs behind one data source of the page (``files``/``kind`` for an upload)."""
+    if source in ("digits", "digits_overconfident"):
+        from explorer.data.digits_classifier import load_digits_outputs
+
+        return load_digits_outputs(overconfident=source == "digits_overconfident", progress=progress)
+    if source == "mcq":
+        from explorer.data.mcq import mcq_outputs
+
+        return mcq_outputs(progress=progress)
+    if source == "upload":
+        from explorer.data.classifier_outputs import read_uploaded
+
+        return read_uploaded(files or {}, kind)
+    raise InputError(f"Unknown data source {source!r}; choose one of {list(SOURCES.values())}.")
+
+
+def minimum_calibration_rows(alpha: float) -> int:
+    """The smallest n with k = ceil((n + 1)(1 - alpha)) <= n, i.e. n >= 1/alpha - 1 (a finite threshold)."""
+    exact = 1 / Fraction(repr(float(alpha))) - 1
+    return max(1, math.ceil(exact))
+
+
+class ConformalAnalysis(param.Parameterized):
+    """Split-conformal prediction sets over stored classifier outputs, with coverage diagnostics."""
+
+    outputs = param.ClassSelector(class_=ClassifierOutputs, default=None, allow_None=True,
+                                  doc="Probabilities and true labels of every row.")
+    method = param.Selector(objects=METHOD_NAMES, default="lac", doc="Conformity score.")
+    randomised = param.Boolean(default=True, doc="APS/RAPS: randomised score (U ~ Uniform) for exact coverage.")
+    alpha = param.Number(default=0.1, bounds=(0.005, 0.5), step=0.005, doc="Miscoverage level: target coverage 1 - alpha.")
+    calibration_fraction = param.Number(default=0.5, bounds=(0.1, 0.9), step=0.05,
+                                        doc="Share of the rows used to calibrate; the rest are tested.")
+    seed = param.Integer(default=0, bounds=(0, None), doc="Seed of the calibration/test split and of U.")
+    class_conditional = param.Boolean(default=False, doc="One threshold per class (Mondrian).")
+    raps_tuning = param.Boolean(default=True, doc="RAPS: tune lambda and k_reg on 20% of the calibration rows.")
+    raps_lambda = param.Number(default=0.01, bounds=(0, 1), step=0.001, doc="RAPS penalty weight (no tuning).")
+    raps_k_reg = param.Integer(default=1, bounds=(0, None), doc="RAPS rank without penalty (no tuning).")
+    n_splits = param.Integer(default=200, bounds=(10, 2000), doc="Random splits for the coverage distribution.")
+
+    TUNING_FRACTION = 0.2
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self._cache: dict[str, tuple[tuple, object]] = {}
+
+    def _memo(self, name: str, key: tuple, compute):
+        entry = self._cache.get(name)
+        if entry is not None and entry[0] == key:
+            return entry[1]
+        value = compute()
+        self._cache[name] = (key, value)
+        return value
+
+    # ------------------------------------------------------------------------- data and split
+    @property
+    def data(self) -> ClassifierOutputs:
+        if self.outputs is None:
+            raise InputError("No classifier outputs loaded.")
+        return self.outputs
+
+    @property
+    def uses_tuning(self) -> bool:
+        return self.method == "raps" and self.raps_tuning
+
+    def split(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Row indices (calibration, RAPS tuning, test), seeded; tuning rows come out of calibration."""
+        return self._memo("split", self._split_key(), self._compute_split)
+
+    def _split_key(self) -> tuple:
+        return (self.outputs, self.calibration_fraction, self.seed, self.uses_tuning)
+
+    def _compute_split(self):
+        total = self.data.num_rows
+        if total < 2:
+            raise InputError("Need at least 2 rows to split into calibration and test sets.")
+        n_calibration = min(max(int(round(self.calibration_fraction * total)), 1), total - 1)
+        order = torch.randperm(total, generator=torch.Generator().manual_seed(self.seed))
+        calibration, test = order[:n_calibration], order[n_calibration:]
+        n_tuning = int(round(self.TUNING_FRACTION * n_calibration)) if self.uses_tuning else 0
+        if self.uses_tuning and not 1 <= n_tuning < n_calibration:
+            raise InputError(f"RAPS tuning needs more calibration rows (have {n_calibration}); turn tuning off.")
+        return calibration[n_tuning:], calibration[:n_tuning], test
+
+    def uniforms(self) -> torch.Tensor | None:
+        """One U ~ Uniform(0, 1) per row for randomised APS/RAPS (seeded), else None."""
+        if not (self.randomised and self.method in ("aps", "raps")):
+            return None
+        key = (self.outputs, self.seed)
+        return self._memo("uniforms", key, lambda: torch.rand(
+            self.data.num_rows, generator=torch.Generator().manual_seed(10_000 + self.seed), dtype=torch.float64))
+
+    def raps_parameters(self) -> tuple[float, int]:
+        """(lambda, k_reg): tuned on the held-out calibration rows (paper) or the user's values."""
+        if self.method != "raps":
+            return 0.0, 0
+        if not self.raps_tuning:
+            return float(self.raps_lambda), int(self.raps_k_reg)
+        _, tuning, _ = self.split()
+        u = self.uniforms()
+        key = (self._split_key(), self.alpha, self.randomised)
+        return self._memo("raps", key, lambda: cp.tune_raps(
+            self.data.probs[tuning], self.data.labels[tuning], self.alpha, u=None if u is None else u[tuning]))
+
+    # ------------------------------------------------------------------------- scores (once per data set)
+    def _score_key(self) -> tuple:
+        return (self.outputs, self.method, self.uniforms() is not None, self.seed, self.raps_parameters())
+
+    def ranked(self) -> cp.RankedScores:
+        """Every row's label scores in rank order (sorted once per data set and score)."""
+        lam, k_reg = self.raps_parameters()
+        return self._memo("ranked", self._score_key(), lambda: cp.rank_scores(
+            self.data.probs, self.method, u=self.uniforms(), lam=lam, k_reg=k_reg))
+
+    def true_scores(self) -> torch.Tensor:
+        """s(x_i, y_i) for every row."""
+        return self._memo("true", self._score_key(), lambda: cp.ranked_true_scores(self.ranked(), self.data.labels))
+
+    def sorted_calibration_scores(self) -> torch.Tensor:
+        calibration, _, _ = self.split()
+        key = (self._score_key(), self._split_key())
+        return self._memo("sorted_cal", key, lambda: self.true_scores()[calibration].sort().values)
+
+    # ------------------------------------------------------------------------- per alpha
+    def threshold(self, alpha: float | None = None) -> torch.Tensor:
+        """qhat (0-d), or one per class when class-conditional."""
+        alpha = self.alpha if alpha is None else alpha
+        if self.class_conditional:
+            calibration, _, _ = self.split()
+            return cp.class_thresholds(self.true_scores()[calibration], self.data.labels[calibration],
+                                       self.data.num_classes, alpha)
+        return cp.order_statistic(self.sorted_calibration_scores(), alpha)
+
+    def test_sizes_and_coverage(self, alpha: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Set size and whether the true label is in the set, for every test row."""
+        _, _, test = self.split()
+        qhat = self.threshold(alpha)
+        ranked_test = self.ranked().scores[test]
+        true = self.true_scores()[test]
+        if self.class_conditional:
+            labels_in_rank_order = self.ranked().labels[test]
+            sizes = (ranked_test <= qhat[labels_in_rank_order]).sum(dim=1)
+            return sizes, true <= qhat[self.data.labels[test]]
+        return cp.set_sizes_from_ranked(ranked_test, qhat), true <= qhat
+
+    def test_sets(self) -> torch.Tensor:
+        """The prediction sets of the test rows at the current alpha: bool ``[n_test, K]``."""
+        _, _, test = self.split()
+        ranked = self.ranked()
+        qhat = self.threshold()
+        if self.class_conditional:
+            scores = torch.empty_like(ranked.scores[test]).scatter_(1, ranked.labels[test], ranked.scores[test])
+            return scores <= qhat
+        sizes, _ = self.test_sizes_and_coverage()
+        return cp.sets_from_ranked(cp.RankedScores(ranked.scores[test], ranked.labels[test]), sizes)
+
+    # ------------------------------------------------------------------------- summaries
+    def summary(self) -> dict:
+        """The headline numbers at the current settings."""
+        calibration, tuning, test = self.split()
+        sizes, hit = self.test_sizes_and_coverage()
+        k = self.data.num_classes
+        class_cov, _ = cp.per_class_coverage(hit, self.data.labels[test], k)
+        qhat = self.threshold()
+        lam, k_reg = self.raps_parameters()
+        return {
+            "coverage": float(hit.double().mean()), "target": 1 - self.alpha,
+            "upper_bound": 1 - self.alpha + 1 / (len(calibration) + 1),
+            "mean_size": float(sizes.double().mean()), "empty_fraction": float((sizes == 0).double().mean()),
+            "singleton_fraction": float((sizes == 1).double().mean()),
+            "threshold": float(qhat) if qhat.dim() == 0 else float("nan"),
+            "infinite_thresholds": int(torch.isinf(qhat).sum()),
+            "rank_k": cp.conformal_rank(len(calibration), self.alpha),
+            "n_calibration": len(calibration), "n_tuning": len(tuning), "n_test": len(test),
+            "coverage_gap": float(cp.coverage_gap(class_cov, self.alpha)),
+            "cip_bits": self.cip_bits(sizes, hit), "mean_entropy_bits": float(self.test_entropy().mean()),
+            "raps_lambda": lam, "raps_k_reg": k_reg, "accuracy": self.data.accuracy,
+        }
+
+    def warnings(self) -> list[str]:
+        """Plain-language cautions about the current settings (too few calibration rows, ...)."""
+        calibration, _, _ = self.split()
+        notes = []
+        need = minimum_calibration_rows(self.alpha)
+        if not self.class_conditional and len(calibration) < need:
+            notes.append(f"Only {len(calibration)} calibration rows: alpha = {self.alpha:g} needs at least {need} "
+                         f"(k = ceil((n+1)(1-alpha)) = {cp.conformal_rank(len(calibration), self.alpha)} > n), so the "
+                         "threshold is +inf and every set holds all classes. Raise alpha or the calibration fraction.")
+        if self.class_conditional:
+            qhat = self.threshold()
+            small = [self.data.class_names[c] for c in torch.nonzero(torch.isinf(qhat)).flatten().tolist()]
+            if small:
+                notes.append(f"{len(small)} class(es) have fewer than {need} calibration rows (need 1/alpha - 1 = "
+                             f"{need}): their threshold is +inf and they are in every set: {', '.join(small[:10])}.")
+        return notes
+
+    def size_table(self) -> pd.DataFrame:
+        """Rows per set size 0..K and the coverage among them (size-stratified coverage)."""
+        sizes, hit = self.test_sizes_and_coverage()
+        k = self.data.num_classes
+        coverage, counts = cp.size_stratified_coverage(sizes, hit, k)
+        return pd.DataFrame({"size": np.arange(k + 1), "rows": counts.numpy(), "coverage": coverage.numpy()})
+
+    def class_table(self) -> pd.DataFrame:
+        """Test rows and coverage per true class (with its threshold when class-conditional)."""
+        _, _, test = self.split()
+        _, hit = self.test_sizes_and_coverage()
+        coverage, counts = cp.per_class_coverage(hit, self.data.labels[test], self.data.num_classes)
+        return pd.DataFrame({"class": list(self.data.class_names), "rows": counts.numpy(), "coverage": coverage.numpy()})
+
+    def alpha_curve(self) -> pd.DataFrame:
+        """Coverage, mean set size and C-IP estimate over a grid of alpha on the current split."""
+        key = (self._score_key(), self._split_key(), self.class_conditional)
+        return self._memo("curve", key, self._compute_alpha_curve)
+
+    def _compute_alpha_curve(self) -> pd.DataFrame:
+        calibration, _, _ = self.split()
+        rows = []
+        for alpha in ALPHA_GRID:
+            sizes, hit = self.test_sizes_and_coverage(float(alpha))
+            a, b = cp.coverage_beta_parameters(len(calibration), float(alpha))
+            low, high = (1.0, 1.0) if b == 0 else stats.beta.ppf(BAND, a, b)
+            rows.append({"alpha": float(alpha), "target": 1 - alpha, "coverage": float(hit.double().mean()),
+                         "mean_size": float(sizes.double().mean()), "beta_low": low, "beta_high": high,
+                         "cip_bits": self.cip_bits(sizes, hit, float(alpha))})
+        return pd.DataFrame(rows)
+
+    def split_coverage(self) -> np.ndarray:
+        """Test coverage over ``n_splits`` seeded random splits of the same size (scores fixed)."""
+        calibration, tuning, _ = self.split()
+        key = (self._score_key(), len(calibration), len(tuning), self.alpha, self.n_splits, self.class_conditional)
+        def compute():
+            labels = self.data.labels if self.class_conditional else None
+            rows = torch.ones(self.data.num_rows, dtype=torch.bool)
+            rows[tuning] = False  # tuning rows are never calibration or test rows
+            scores = self.true_scores()[rows]
+            return cp.split_coverages(scores, len(calibration), self.alpha, self.n_splits,
+                                      torch.Generator().manual_seed(self.seed), None if labels is None else labels[rows],
+                                      self.data.num_classes).numpy()
+        return self._memo("splits", key, compute)
+
+    def coverage_law(self) -> dict:
+        """The Beta(n+1-l, l) law of coverage over calibration draws and its finite-test (beta-binomial) band."""
+        calibration, _, test = self.split()
+        a, b = cp.coverage_beta_parameters(len(calibration), self.alpha)
+        if b == 0:
+            return {"a": a, "b": b, "mean": 1.0, "low": 1.0, "high": 1.0, "test_low": 1.0, "test_high": 1.0}
+        m = len(test)
+        test_low, test_high = stats.betabinom.ppf(BAND, m, a, b) / m
+        low, high = stats.beta.ppf(BAND, a, b)
+        return {"a": a, "b": b, "mean": a / (a + b), "low": low, "high": high, "test_low": test_low,
+                "test_high": test_high}
+
+    # ------------------------------------------------------------------------- entropy link
+    def test_entropy(self) -> torch.Tensor:
+        """Predictive entropy (bits) of every test row."""
+        _, _, test = self.split()
+        return self._memo("entropy", self._split_key(),
+                          lambda: cp.predictive_entropy_bits(self.data.probs[test]))
+
+    def cip_bits(self, sizes: torch.Tensor, hit: torch.Tensor, alpha: float | None = None) -> float:
+        calibration, _, _ = self.split()
+        return float(cp.cip_entropy_bits(sizes, hit, self.alpha if alpha is None else alpha, len(calibration),
+                                         self.data.num_classes))
+
+    # ------------------------------------------------------------------------- rows and export
+    def examples(self) -> pd.DataFrame:
+        """One line per test row: true label, its set, size, covered, top probability, entropy."""
+        key = (self._score_key(), self._split_key(), self.alpha, self.class_conditional)
+        return self._memo("examples", key, self._compute_examples)
+
+    def _compute_examples(self) -> pd.DataFrame:
+        _, _, test = self.split()
+        sets = self.test_sets()
+        names = np.array(self.data.class_names)
+        probs = self.data.probs[test]
+        labels = self.data.labels[test]
+        top = probs.max(dim=1)
+        return pd.DataFrame({
+            "row": test.numpy(), "true": names[labels.numpy()],
+            "set": ["{" + ", ".join(names[row.numpy()]) + "}" for row in sets],
+            "size": sets.sum(1).numpy(), "covered": cp.covered(sets, labels).numpy(),
+            "predicted": names[top.indices.numpy()], "p_top": top.values.numpy(),
+            "p_true": probs.gather(1, labels.unsqueeze(1)).squeeze(1).numpy(),
+            "entropy_bits": self.test_entropy().numpy(),
+        })
+
+    def sets_csv(self) -> str:
+        """The test rows' sets as CSV, with the settings in a comment header."""
+        buffer = io.StringIO()
+        buffer.write(f"# {self.data.name}; method={self.method}; alpha={self.alpha}; "
+                     f"class_conditional={self.class_conditional}; seed={self.seed}\n")
+        self.examples().to_csv(buffer, index=False)
+        return buffer.getvalue()
+
+    def metrics_csv(self) -> str:
+        """The headline metrics, the alpha curve and the per-class / per-size tables as one CSV."""
+        summary = pd.DataFrame([{"dataset": self.data.name, "method": self.method, "alpha": self.alpha,
+                                 "class_conditional": self.class_conditional, "seed": self.seed, **self.summary()}])
+        parts = [("summary", summary), ("alpha_curve", self.alpha_curve()), ("per_class", self.class_table()),
+                 ("per_size", self.size_table())]
+        return "\n".join(f"# {name}\n{table.to_csv(index=False)}" for name, table in parts)
