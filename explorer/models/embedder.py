@@ -35,7 +35,8 @@ class SentenceEmbedder:
 
     def __init__(self, name: str, model, device: torch.device):
         self.name, self.model, self.device = name, model, device
-        self.dim = int(model.get_sentence_embedding_dimension())
+        dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        self.dim = int(dimension())
         self._lock = threading.Lock()
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:

@@ -1,0 +1,96 @@
+"""Question sets for the temperature-sensitivity study.
+
+``data/questions.csv`` (written for this project: 103 short factual questions, easy to hard, with
+reference answers; aliases separated by ``|``). Users may load their own CSV, JSONL or Parquet
+file with a question column and an optional answer column.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import string
+from pathlib import Path
+
+import pandas as pd
+
+from explorer.errors import InputError
+
+DEFAULT_QUESTIONS = Path(__file__).resolve().parents[2] / "data" / "questions.csv"
+ALIAS_SEPARATOR = "|"
+READERS = {
+    ".csv": lambda src: pd.read_csv(src, dtype=str, keep_default_na=False),
+    ".jsonl": lambda src: pd.read_json(src, lines=True, dtype=False),
+    ".parquet": pd.read_parquet,
+}
+
+
+def _read(source, name: str) -> pd.DataFrame:
+    suffix = Path(name).suffix.lower()
+    if suffix not in READERS:
+        raise InputError(f"{name}: unsupported file type {suffix or '(none)'}; use one of {sorted(READERS)}.")
+    try:
+        return READERS[suffix](source)
+    except Exception as err:  # noqa: BLE001 - any parser failure is a bad file
+        raise InputError(f"{name} could not be read as {suffix[1:].upper()}: {err}") from err
+
+
+def load_questions(source: str | Path | bytes | None = None, name: str | None = None,
+                   question_column: str = "question", answer_column: str | None = "answer") -> pd.DataFrame:
+    """Read and check a question table -> DataFrame ``question`` (str), ``answers`` (list[str], maybe empty).
+
+    ``source``: a path (default: the bundled set) or the bytes of an upload (then ``name`` gives its
+    file type). The answer column is optional: missing -> no reference answers.
+    """
+    if isinstance(source, (bytes, bytearray)):
+        name = name or "upload"
+        table = _read(io.BytesIO(source), name)
+    else:
+        path = Path(source or DEFAULT_QUESTIONS)
+        name = path.name
+        if not path.is_file():
+            raise InputError(f"Question file not found: {path}")
+        table = _read(path, name)
+    return _checked(table, name, question_column, answer_column)
+
+
+def _checked(table: pd.DataFrame, name: str, question_column: str, answer_column: str | None) -> pd.DataFrame:
+    if question_column not in table.columns:
+        raise InputError(f"{name} has no column {question_column!r}; its columns are {list(table.columns)}.")
+    questions = table[question_column].map(lambda v: "" if v is None or (isinstance(v, float) and v != v) else str(v).strip())
+    if (questions != "").sum() == 0:
+        raise InputError(f"{name} has no questions (the column {question_column!r} is empty).")
+    blank = questions.eq("")
+    if blank.any():
+        raise InputError(f"{name}: {int(blank.sum())} blank question(s), first at row {int(blank.to_numpy().argmax())}.")
+    duplicated = questions[questions.duplicated()]
+    if len(duplicated):
+        raise InputError(f"{name}: {len(duplicated)} duplicate question(s), e.g. {duplicated.iloc[0]!r}; "
+                         "each question must appear once.")
+    has_answers = answer_column is not None and answer_column in table.columns
+    answers = table[answer_column].map(_aliases) if has_answers else pd.Series([[]] * len(table))
+    return pd.DataFrame({"question": questions.to_numpy(), "answers": list(answers)})
+
+
+def _aliases(value) -> list[str]:
+    if value is None or (isinstance(value, float) and value != value):
+        return []
+    return [a.strip() for a in str(value).split(ALIAS_SEPARATOR) if a.strip()]
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, no punctuation, no articles (a, an, the), single spaces (SQuAD normalisation)."""
+    text = "".join(ch if ch not in string.punctuation else " " for ch in text.lower())
+    return " ".join(w for w in text.split() if w not in {"a", "an", "the"})
+
+
+def is_correct(answer: str, aliases: list[str], mode: str = "contains") -> bool:
+    """Normalised match of an answer with any alias: ``exact`` equality, or ``contains`` (the alias
+    appears as whole words in the answer, e.g. "It is Paris." matches "Paris")."""
+    said = normalize_answer(answer)
+    for alias in map(normalize_answer, aliases):
+        if not alias:
+            continue
+        if said == alias or (mode == "contains" and re.search(rf"(^| ){re.escape(alias)}( |$)", said)):
+            return True
+    return False

@@ -1,0 +1,81 @@
+"""The temperature sensitivity page in a real browser: bad input, a tiny run with progress, the
+curves and TSU table, the drill-down, and reopening the run after a reload."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.conftest import wait_idle
+
+pytestmark = [pytest.mark.browser, pytest.mark.model]
+
+RUN_TIMEOUT_MS = 400_000
+TALL = {"width": 1400, "height": 3700}
+
+
+def field(page, label: str, kind: str = "input"):
+    group = page.locator(".bk-input-group", has=page.locator("label", has_text=re.compile(f"^{re.escape(label)}")))
+    return group.locator(kind).first
+
+
+def set_text(page, label: str, value: str) -> None:
+    box = field(page, label)
+    box.fill(value)
+    box.press("Enter")
+
+
+def open_page(page, app_url, db: str) -> None:
+    page.set_viewport_size(TALL)
+    page.goto(f"{app_url}?page=temperature")
+    page.get_by_text("Run settings").wait_for(timeout=120_000)
+    wait_idle(page)
+    set_text(page, "Results database", db)
+
+
+def test_tiny_run_drill_down_and_reopen(app_url, page, screenshot, tmp_path):
+    db = str(tmp_path / "runs.duckdb")
+    open_page(page, app_url, db)
+
+    # bad input: a decreasing temperature list and a question file without a question column
+    set_text(page, "Temperatures (increasing)", "1.0, 0.5")
+    expect(page.get_by_text("strictly increasing").first).to_be_visible()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("prompt\nWhy?\n")
+    page.locator("input[type=file]").set_input_files(str(bad))
+    expect(page.get_by_text("has no column 'question'")).to_be_visible(timeout=30_000)
+    screenshot(page, "temperature_bad_input")
+
+    # a tiny run: 2 questions, 2 temperatures, N = 2, 6 tokens, one paraphrase
+    set_text(page, "Temperatures (increasing)", "0.3, 1.2")
+    for label, value in (("Questions", "2"), ("Samples per question (N)", "2"), ("Max new tokens", "6"),
+                         ("Paraphrases (n)", "1"), ("Replicates (r)", "1"), ("Bootstrap draws (B)", "3")):
+        set_text(page, label, value)
+    expect(page.get_by_text(re.compile(r"18 generations")).first).to_be_visible()
+    page.get_by_role("button", name="Start run").click()
+    expect(page.get_by_role("button", name="Stop")).to_be_visible(timeout=30_000)
+    screenshot(page, "temperature_running")
+    runs = page.locator(".bk-panel-models-tabulator-DataTabulator, .tabulator").first
+    expect(runs).to_contain_text("done", timeout=RUN_TIMEOUT_MS)
+    expect(page.get_by_text("TSU (% of questions strictly increasing)")).to_be_visible(timeout=60_000)
+    expect(page.get_by_text("TSU(0.3, 1.2)")).to_be_visible()
+    expect(page.get_by_text("AUROC / PRR")).to_be_visible()
+    assert page.locator(".bk-Canvas, canvas").count() > 0
+    screenshot(page, "temperature_results")
+
+    # drill-down: pick the second question, its samples and matrices appear
+    field(page, "Question", "select").select_option(index=1)
+    expect(page.get_by_text("Perturbed questions (T=0.3").first).to_be_visible(timeout=60_000)
+    expect(page.locator("strong", has_text="What is the capital of Japan?")).to_be_visible(timeout=30_000)
+    screenshot(page, "temperature_drill_down")
+
+    # reopen the stored run after a reload: select it in the past runs table
+    open_page(page, app_url, db)
+    expect(page.get_by_text("No run selected.")).to_be_visible(timeout=30_000)
+    expect(page.locator(".tabulator-row").first).to_contain_text("done")
+    page.locator(".tabulator-row").first.click()
+    expect(page.get_by_text("TSU(0.3, 1.2)")).to_be_visible(timeout=60_000)
+    screenshot(page, "temperature_reopened")
+    assert not page.errors, page.errors

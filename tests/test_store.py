@@ -1,0 +1,64 @@
+"""DuckDB results store: round trip, resumable batches, locked and corrupt files, Parquet export."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from explorer.data.store import SAMPLE_COLUMNS, ResultsStore
+from explorer.errors import InputError
+
+QUESTIONS = pd.DataFrame({"question": ["A?", "B?"], "answers": [["x"], []]})
+
+
+def batch(t, texts):
+    return pd.DataFrame([dict(kind="answer", temperature=t, question_index=i, variant=0, sample_index=0,
+                              prompt="p", text=x, token_ids=[1, 2], token_log_probs=[-0.1, -0.2],
+                              token_entropies=[0.5, 0.7]) for i, x in enumerate(texts)], columns=SAMPLE_COLUMNS)
+
+
+def test_round_trip_and_batches_once(tmp_path):
+    store = ResultsStore(tmp_path / "r.duckdb")
+    run_id = store.create_run("m", {"temperatures": [0.3, 1.0]}, QUESTIONS)
+    store.add_batch(run_id, "t0-b0", batch(0.3, ["x", "y"]))
+    store.add_batch(run_id, "t0-b0", batch(0.3, ["dup", "dup"]))   # already stored: ignored
+    assert store.finished_batches(run_id) == {"t0-b0"}
+    samples = store.samples(run_id)
+    assert samples["text"].tolist() == ["x", "y"]
+    assert list(samples["token_ids"].iloc[0]) == [1, 2]
+    assert store.questions(run_id)["answers"].tolist() == [["x"], []]
+    assert store.run(run_id)["settings"] == {"temperatures": [0.3, 1.0]}
+    store.replace_measures(run_id, pd.DataFrame({"question_index": [0, 1], "temperature": [0.3, 0.3],
+                                                 "measure": ["se", "se"], "value": [0.1, 0.2]}))
+    store.close()
+    reopened = ResultsStore(tmp_path / "r.duckdb")
+    assert reopened.runs()["answers"].tolist() == [2]
+    assert reopened.measures(run_id)["value"].tolist() == [0.1, 0.2]
+    paths = reopened.export_parquet(run_id, tmp_path / "out")
+    assert pd.read_parquet(paths[1])["text"].tolist() == ["x", "y"]
+    with pytest.raises(InputError, match="No run"):
+        reopened.run("nope")
+
+
+def test_corrupt_file_is_input_error_and_untouched(tmp_path):
+    path = tmp_path / "bad.duckdb"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(InputError, match="not a valid results database|cannot be opened"):
+        ResultsStore(path)
+    assert path.read_bytes() == b"this is not a database" * 100
+
+
+def test_locked_file_is_input_error(tmp_path):
+    path = tmp_path / "locked.duckdb"
+    ResultsStore(path).close()
+    holder = subprocess.Popen([sys.executable, "-c", f"import duckdb, sys; c = duckdb.connect({str(path)!r}); "
+                               "print('ready', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(InputError, match="locked"):
+            ResultsStore(path)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
