@@ -1,0 +1,200 @@
+"""Embedding sets for the diversity page: files (.npy, .npz, .csv, .parquet), bundled sets, validation.
+
+An :class:`EmbeddingSet` is an ``n x d`` float tensor with optional per-row labels and texts. Every
+problem with the input (NaN/inf rows, constant columns, n < 2, label length, non-numeric columns,
+unreadable or oversized files) becomes one :class:`InputError` that says what to fix.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from explorer.errors import InputError
+from explorer.progress import Progress
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "data"
+TEXT_SET = DATA_DIR / "diversity_texts.csv"
+MAX_FILE_BYTES = 512 * 1024**2
+SUFFIXES = (".npy", ".npz", ".csv", ".parquet")
+LABEL_NAMES = ("label", "labels", "group", "class", "y")
+TEXT_NAMES = ("text", "sentence", "sample", "generation")
+
+
+@dataclass
+class EmbeddingSet:
+    """``X``: n x d float32 embeddings; ``labels``/``texts``: one string per row or None."""
+
+    name: str
+    X: torch.Tensor
+    labels: list[str] | None = None
+    texts: list[str] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.X.shape[1])
+
+    def subset(self, rows: np.ndarray, name: str) -> "EmbeddingSet":
+        pick = lambda values: None if values is None else [values[i] for i in rows]  # noqa: E731
+        return EmbeddingSet(name, self.X[torch.as_tensor(rows)], pick(self.labels), pick(self.texts))
+
+
+def validated(name: str, X, labels=None, texts=None) -> EmbeddingSet:
+    """Check shape, values and label length; drop constant columns with a note."""
+    X = np.asarray(X)
+    if X.dtype == object or not np.issubdtype(X.dtype, np.number):
+        raise InputError(f"{name}: the embeddings must be numbers, got {X.dtype}.")
+    if X.ndim != 2:
+        raise InputError(f"{name}: expected a 2-D array (samples x dimensions), got shape {X.shape}.")
+    if X.shape[0] < 2:
+        raise InputError(f"{name}: at least 2 samples are needed, got {X.shape[0]}.")
+    if X.shape[1] < 1:
+        raise InputError(f"{name}: the embeddings have no columns.")
+    bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
+    if bad.size:
+        raise InputError(f"{name}: {bad.size} row(s) contain NaN or inf (first: row {bad[0]}); remove or fix them.")
+    if labels is not None and len(labels) != X.shape[0]:
+        raise InputError(f"{name}: {len(labels)} labels for {X.shape[0]} samples; they must match.")
+    notes = []
+    constant = np.ptp(X, axis=0) == 0
+    if constant.all():
+        raise InputError(f"{name}: every column is constant: all samples are identical.")
+    if constant.any():
+        notes.append(f"dropped {int(constant.sum())} constant columns")
+        X = X[:, ~constant]
+    as_strings = lambda values: None if values is None else [str(v) for v in values]  # noqa: E731
+    return EmbeddingSet(name, torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)), as_strings(labels),
+                        as_strings(texts), notes)
+
+
+# -------------------------------------------------------------------------------------------- files
+def load_embedding_file(source: str | Path | bytes, filename: str | None = None, text_column: str | None = None,
+                        label_column: str | None = None, progress: Progress | None = None) -> EmbeddingSet:
+    """Read an embedding set from a path or uploaded bytes (``filename`` gives the type).
+
+    .npy: an n x d array. .npz: arrays ``X``/``embeddings`` (or the first 2-D one) and optional
+    ``labels``. .csv/.parquet: numeric columns are the embedding, a label column (``label_column``
+    or one named label/group/class) and a text column (``text_column`` or one named text/...);
+    a table with a text column and no numeric ones is embedded with all-MiniLM-L6-v2.
+    """
+    name = filename or (Path(source).name if not isinstance(source, bytes) else "upload")
+    suffix = Path(name).suffix.lower()
+    if suffix not in SUFFIXES:
+        raise InputError(f"{name}: unsupported file type {suffix or '(none)'}; use one of {', '.join(SUFFIXES)}.")
+    raw = _read_bytes(source, name)
+    try:
+        if suffix == ".npy":
+            return validated(name, np.load(io.BytesIO(raw), allow_pickle=False))
+        if suffix == ".npz":
+            return _from_npz(name, raw)
+        table = pd.read_csv(io.BytesIO(raw)) if suffix == ".csv" else pd.read_parquet(io.BytesIO(raw))
+    except InputError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any parser failure is a bad file
+        raise InputError(f"{name}: could not read it as {suffix}: {type(err).__name__}: {err}") from err
+    return from_table(name, table, text_column, label_column, progress)
+
+
+def _read_bytes(source, name: str) -> bytes:
+    if isinstance(source, bytes):
+        data = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(f"{name}: no such file: {path}")
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise InputError(f"{name}: {path.stat().st_size / 1024**2:.0f} MiB is too large "
+                             f"(limit {MAX_FILE_BYTES // 1024**2} MiB); subsample it first.")
+        data = path.read_bytes()
+    if len(data) > MAX_FILE_BYTES:
+        raise InputError(f"{name}: too large (limit {MAX_FILE_BYTES // 1024**2} MiB); subsample it first.")
+    if not data:
+        raise InputError(f"{name}: the file is empty.")
+    return data
+
+
+def _from_npz(name: str, raw: bytes) -> EmbeddingSet:
+    with np.load(io.BytesIO(raw), allow_pickle=False) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    key = next((k for k in ("X", "embeddings", "x") if k in arrays), None) or \
+        next((k for k, v in arrays.items() if v.ndim == 2), None)
+    if key is None:
+        raise InputError(f"{name}: no 2-D array in the .npz (expected one named X or embeddings).")
+    labels = next((arrays[k] for k in ("labels", "y", "label", "groups") if k in arrays), None)
+    return validated(name, arrays[key], labels)
+
+
+def _pick_column(table: pd.DataFrame, wanted: str | None, names: tuple[str, ...], name: str) -> str | None:
+    if wanted:
+        if wanted not in table.columns:
+            raise InputError(f"{name}: no column {wanted!r}; columns are {', '.join(map(str, table.columns))}.")
+        return wanted
+    return next((c for c in table.columns if str(c).lower() in names), None)
+
+
+def from_table(name: str, table: pd.DataFrame, text_column: str | None = None, label_column: str | None = None,
+               progress: Progress | None = None) -> EmbeddingSet:
+    """Numeric columns as the embedding, or the text column embedded when there are none."""
+    if table.empty:
+        raise InputError(f"{name}: the table has no rows.")
+    label_col = _pick_column(table, label_column, LABEL_NAMES, name)
+    text_col = _pick_column(table, text_column, TEXT_NAMES, name)
+    features = table.drop(columns=[c for c in (label_col, text_col) if c is not None])
+    labels = None if label_col is None else table[label_col].tolist()
+    texts = None if text_col is None else table[text_col].astype(str).tolist()
+    if features.shape[1] == 0:
+        if texts is None:
+            raise InputError(f"{name}: no numeric embedding columns and no text column to embed.")
+        return embed_texts(name, texts, labels, progress)
+    non_numeric = [str(c) for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
+    if non_numeric:
+        raise InputError(f"{name}: non-numeric columns {', '.join(non_numeric[:5])}; keep only embedding columns "
+                         f"plus one label column ({'/'.join(LABEL_NAMES)}) and one text column.")
+    return validated(name, features.to_numpy(dtype=np.float64), labels, texts)
+
+
+def embed_texts(name: str, texts: list[str], labels=None, progress: Progress | None = None) -> EmbeddingSet:
+    """Embed ``texts`` with the shared sentence embedder (all-MiniLM-L6-v2 by default)."""
+    from explorer.models.embedder import load_embedder
+
+    texts = [str(t) for t in texts]
+    if progress is not None:
+        progress.update(0, 1, f"Embedding {len(texts)} texts with all-MiniLM-L6-v2")
+    chunks, embedder = [], load_embedder()
+    for start in range(0, len(texts), 256):
+        chunks.append(embedder.encode(texts[start:start + 256]).cpu())
+        if progress is not None:
+            progress.update(start + 256, len(texts), f"Embedded {min(start + 256, len(texts))}/{len(texts)} texts")
+    result = validated(name, torch.cat(chunks).numpy(), labels, texts)
+    result.notes.append("texts embedded with all-MiniLM-L6-v2")
+    return result
+
+
+# ------------------------------------------------------------------------------------------ bundled
+def load_digits_set() -> EmbeddingSet:
+    """scikit-learn's 1,797 8x8 digits: 64 pixel values per row, labelled 0-9."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    result = validated("digits (pixels)", digits.data, digits.target)
+    return result
+
+
+def load_text_set(progress: Progress | None = None) -> EmbeddingSet:
+    """data/diversity_texts.csv: paraphrases of one sentence, one topic, many topics (embedded)."""
+    table = pd.read_csv(TEXT_SET)
+    return embed_texts("texts (paraphrases / one topic / many topics)", table["text"].tolist(),
+                       table["group"].tolist(), progress)
+
+
+BUNDLED = {"Texts: paraphrases vs topics": load_text_set, "Digits (8x8 pixels)": lambda progress=None: load_digits_set()}

@@ -1,0 +1,222 @@
+"""Vendi / RKE / Renyi / effective rank / DSE / DSMI: hand cases, the vendi_score package, invariants."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from vendi_score import vendi
+
+from explorer.kernels.diversity import (
+    Spectrum,
+    diffusion_spectral_entropy,
+    diffusion_spectral_mutual_information,
+    kernel_spectrum,
+    median_bandwidth,
+    pairwise_kernel,
+    vendi_score,
+    vendi_vs_sample_size,
+)
+
+
+def blobs(n=60, d=8, seed=0):
+    gen = np.random.default_rng(seed)
+    return torch.from_numpy(gen.normal(size=(n, d)))
+
+
+# ------------------------------------------------------------------------------------ hand cases
+def test_identical_samples_score_one_and_orthogonal_score_n():
+    same = torch.ones(7, 3)
+    assert vendi_score(same) == pytest.approx(1.0)
+    assert vendi_score(same, q=math.inf) == pytest.approx(1.0)
+    eye = torch.eye(5)
+    for q in (0.0, 0.5, 1.0, 2.0, math.inf):
+        assert vendi_score(eye, q=q) == pytest.approx(5.0)
+
+
+def test_two_clusters_by_hand():
+    # K = blockdiag(J_2, 1): eigenvalues of K/3 are 2/3, 1/3.
+    K = torch.tensor([[1.0, 1, 0], [1, 1, 0], [0, 0, 1]])
+    p = np.array([2 / 3, 1 / 3])
+    assert vendi_score(K=K) == pytest.approx(math.exp(-(p * np.log(p)).sum()))
+    assert vendi_score(K=K, q=2) == pytest.approx(1 / (p**2).sum())
+    assert vendi_score(K=K, q=math.inf) == pytest.approx(1.5)
+    assert vendi_score(K=K, q=0) == pytest.approx(2.0)
+    spec = kernel_spectrum(K=K)
+    assert spec.renyi_bits(2) == pytest.approx(math.log2(1 / (p**2).sum()))
+    assert spec.rke() == pytest.approx(1 / (p**2).sum())
+
+
+def test_effective_rank_of_linear_kernel_is_roy_vetterli_of_x():
+    X = blobs(40, 6)
+    s = torch.linalg.svdvals(X)
+    p = s / s.sum()
+    expected = float(torch.exp(-(p * p.log()).sum()))
+    assert kernel_spectrum(X, kernel="linear").effective_rank() == pytest.approx(expected, rel=1e-10)
+
+
+def test_weights_match_the_package():
+    X = blobs(30, 5)
+    K = pairwise_kernel(X, X, "cosine")
+    p = torch.rand(30, dtype=torch.float64)
+    p = p / p.sum()
+    ours = vendi_score(X, q=1, weights=p)
+    assert ours == pytest.approx(vendi.score_K(K.numpy(), p=p.numpy()), rel=1e-8)
+    assert vendi_score(K=K, weights=p) == pytest.approx(ours, rel=1e-8)
+
+
+# ------------------------------------------------------------------------------- the peer package
+@pytest.mark.parametrize("q", [1.0, 2.0, 0.5, 3.0])
+def test_cosine_equals_vendi_score_package(q):
+    X = blobs(80, 12, seed=1)
+    Xn = X.numpy()
+    assert vendi_score(X, q=q) == pytest.approx(vendi.score_dual(Xn, q=q), rel=1e-8)
+    K = Xn @ Xn.T / np.outer(np.linalg.norm(Xn, axis=1), np.linalg.norm(Xn, axis=1))
+    assert vendi_score(K=torch.from_numpy(K), q=q) == pytest.approx(vendi.score_K(K, q=q), rel=1e-8)
+
+
+@pytest.mark.parametrize("q", [1.0, 2.0])
+def test_rbf_equals_vendi_score_package_documented_api(q):
+    X = blobs(50, 4, seed=2)
+    sigma = 1.7
+    k = lambda a, b: math.exp(-np.sum((a - b) ** 2) / (2 * sigma**2))  # noqa: E731
+    expected = vendi.score(list(X.numpy()), k, q=q)
+    assert vendi_score(X, kernel="rbf", sigma=sigma, q=q) == pytest.approx(expected, rel=1e-8)
+
+
+def test_package_bugs_are_corrected():
+    """vendi_score 0.0.3: q = inf gives NaN (0**inf, then -inf/-inf); score_X ignores q."""
+    X = blobs(40, 6, seed=3)
+    Xn = X.numpy()
+    with np.errstate(all="ignore"):
+        assert math.isnan(vendi.score_dual(Xn, q=math.inf))
+    unit = Xn / np.linalg.norm(Xn, axis=1, keepdims=True)
+    lam = np.linalg.eigvalsh(unit @ unit.T / 40)
+    assert vendi_score(X, q=math.inf) == pytest.approx(1 / lam.max(), rel=1e-10)
+    assert vendi.score_X(Xn, q=2) == pytest.approx(vendi.score_X(Xn, q=1))  # the bug
+    assert vendi_score(X, q=2) == pytest.approx(vendi.score_dual(Xn, q=2), rel=1e-8)
+    assert vendi_score(X, q=2) < vendi_score(X, q=1)
+
+
+def test_order2_shortcut_equals_eigen_path():
+    X = blobs(70, 9, seed=4)
+    for kernel in ("cosine", "linear", "rbf", "polynomial"):
+        spec = kernel_spectrum(X, kernel=kernel, sigma=2.0, method="exact")
+        assert vendi_score(X, q=2, kernel=kernel, sigma=2.0) == pytest.approx(spec.vendi(2), rel=1e-9)
+
+
+def test_callable_kernel_and_median_bandwidth():
+    X = blobs(30, 3, seed=5)
+    sigma = median_bandwidth(X)
+    rbf = lambda A, B: pairwise_kernel(A, B, "rbf", sigma)  # noqa: E731
+    assert vendi_score(X, kernel=rbf) == pytest.approx(vendi_score(X, kernel="rbf"), rel=1e-10)
+    d = torch.cdist(X, X)
+    assert sigma == pytest.approx(float(d[torch.triu(torch.ones(30, 30), 1) > 0].median()))
+
+
+def test_nystrom_is_close_and_says_so():
+    X = blobs(600, 3, seed=6)
+    exact = vendi_score(X, kernel="rbf", sigma=1.5)
+    approx = kernel_spectrum(X, kernel="rbf", sigma=1.5, method="nystrom", landmarks=300)
+    assert not approx.exact and approx.method.startswith("nystrom")
+    assert approx.vendi() == pytest.approx(exact, rel=0.03)
+    assert 0 <= approx.error < 0.2
+
+
+def test_subsample_curve_grows_and_is_seeded():
+    X = blobs(100, 10, seed=7)
+    curve = vendi_vs_sample_size(X, [10, 50, 100], repeats=3, seed=1)
+    assert curve.shape == (3, 2)
+    assert curve[0, 0] < curve[1, 0] < curve[2, 0]
+    assert curve[2, 1] == pytest.approx(0.0, abs=1e-9)  # the whole set every time
+    assert torch.equal(curve, vendi_vs_sample_size(X, [10, 50, 100], repeats=3, seed=1))
+
+
+# --------------------------------------------------------------------------------- invariants
+matrices = st.integers(2, 25).flatmap(lambda n: st.tuples(st.just(n), st.integers(1, 8), st.integers(0, 10_000)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(matrices)
+def test_vendi_invariants(shape):
+    n, d, seed = shape
+    X = blobs(n, d, seed)
+    scores = [vendi_score(X, q=q) for q in (0.0, 0.5, 1.0, 2.0, 5.0, math.inf)]
+    assert all(1 - 1e-9 <= s <= n + 1e-9 for s in scores)
+    assert all(a >= b - 1e-9 for a, b in zip(scores, scores[1:]))  # non-increasing in q
+    perm = torch.from_numpy(np.random.default_rng(seed).permutation(n))
+    assert vendi_score(X[perm], kernel="rbf", sigma=1.0) == pytest.approx(vendi_score(X, kernel="rbf", sigma=1.0))
+
+
+@settings(max_examples=30, deadline=None)
+@given(matrices, st.floats(0.1, 20.0), st.floats(0.5, 4.0))
+def test_dse_in_range(shape, sigma, t):
+    n, d, seed = shape
+    value = diffusion_spectral_entropy(blobs(n, d, seed), sigma, t)
+    assert -1e-9 <= value <= math.log2(n) + 1e-9
+
+
+# ------------------------------------------------------------------------------------ DSE / DSMI
+def dse_numpy(X: np.ndarray, sigma: float, t: float) -> float:
+    """The formula written out in float64 numpy, the non-symmetric P = D^-1 G way."""
+    sq = ((X[:, None, :] - X[None, :, :]) ** 2).sum(-1)
+    G = np.exp(-sq / (2 * sigma**2))
+    P = G / G.sum(1, keepdims=True)
+    lam = np.abs(np.linalg.eigvals(P).real) ** t
+    mu = lam / lam.sum()
+    mu = mu[mu > 0]
+    return float(-(mu * np.log2(mu)).sum())
+
+
+@pytest.mark.parametrize("sigma,t", [(0.5, 1), (2.0, 1), (2.0, 3), (10.0, 1)])
+def test_dse_matches_numpy(sigma, t):
+    X = blobs(50, 4, seed=8)
+    assert diffusion_spectral_entropy(X, sigma, t) == pytest.approx(dse_numpy(X.numpy(), sigma, t), rel=1e-7, abs=1e-9)
+
+
+def test_dse_extremes():
+    X = blobs(30, 50, seed=9) * 100
+    assert diffusion_spectral_entropy(X, 1.0) == pytest.approx(math.log2(30), rel=1e-6)  # G ~ I
+    assert diffusion_spectral_entropy(torch.zeros(30, 3) + 1e-3 * blobs(30, 3), 100.0) < 0.01
+
+
+def test_dsmi_matches_numpy_and_rewards_labels():
+    gen = np.random.default_rng(10)
+    centres = gen.normal(size=(3, 5)) * 6
+    labels = np.repeat(np.arange(3), 20)
+    X = centres[labels] + gen.normal(size=(60, 5))
+    Xt = torch.from_numpy(X)
+    ours = diffusion_spectral_mutual_information(Xt, labels, sigma=2.0, repeats=4, seed=3)
+    # direct: same seeded subsets drawn the same way
+    torch_gen = torch.Generator().manual_seed(3)
+    expected = 0.0
+    for c in range(3):
+        members = np.flatnonzero(labels == c)
+        rand = [dse_numpy(X[torch.randperm(60, generator=torch_gen)[:20].numpy()], 2.0, 1) for _ in range(4)]
+        expected += 20 / 60 * (np.mean(rand) - dse_numpy(X[members], 2.0, 1))
+    assert ours == pytest.approx(expected, rel=1e-7)
+    assert ours > 0.5
+    shuffled = diffusion_spectral_mutual_information(Xt, gen.permutation(labels), sigma=2.0, repeats=4)
+    assert abs(shuffled) < ours / 3
+
+
+def test_spectrum_entropy_orders():
+    spec = Spectrum(torch.tensor([0.5, 0.25, 0.25, 0.0], dtype=torch.float64), 4)
+    assert spec.entropy(1) == pytest.approx(-(0.5 * math.log(0.5) + 0.5 * math.log(0.25)))
+    assert spec.vendi(0) == pytest.approx(3.0)  # zero eigenvalue dropped
+    assert spec.vendi(math.inf) == pytest.approx(2.0)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        vendi_score()
+    with pytest.raises(ValueError):
+        vendi_score(torch.eye(3), q=-1)
+    with pytest.raises(ValueError):
+        vendi_score(torch.eye(3), kernel="nope")
+    with pytest.raises(ValueError):
+        diffusion_spectral_mutual_information(torch.eye(3), [0, 1], sigma=1.0)
