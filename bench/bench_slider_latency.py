@@ -58,7 +58,7 @@ def main() -> None:
     from explorer.models.language_model import load_language_model
 
     tokenizer = load_language_model().tokenizer
-    ids = tokenizer(TEXT, add_special_tokens=False)["input_ids"][:257]
+    ids = tokenizer(TEXT, add_special_tokens=False)["input_ids"][:256]
     text = tokenizer.decode(ids)
     server, url = serve()
     try:
@@ -66,13 +66,14 @@ def main() -> None:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"{url}?page=lens")
-            page.locator(".lens-summary", has_text="scored").wait_for(timeout=180_000)
+            page.locator(".lens-summary", has_text="Score a text").wait_for(timeout=180_000)
             box = page.locator(".bk-input-group", has=page.locator("label", has_text="Text to score")).locator(
                 "textarea")
             box.fill(text)
             box.press("Tab")
             page.get_by_role("button", name="Score text").click()
-            page.locator(".lens-card-tokens", has_text="256").wait_for(timeout=180_000)
+            page.locator(".lens-summary", has_text="scored").wait_for(timeout=180_000)
+            n_tokens = int(page.locator(".lens-card-tokens").inner_text())
             handle = page.locator(".noUi-handle").first
             handle.focus()
             latencies, temperature = [], 1.0
@@ -88,7 +89,7 @@ def main() -> None:
         server.terminate()
     latencies.sort()
     p95 = latencies[min(len(latencies) - 1, int(round(0.95 * (len(latencies) - 1))))]
-    print(f"slider move -> redrawn page, 256 tokens, {len(latencies)} moves: p50 {statistics.median(latencies):.0f} ms, "
+    print(f"slider move -> redrawn page, {n_tokens} tokens, {len(latencies)} moves: p50 {statistics.median(latencies):.0f} ms, "
           f"p95 {p95:.0f} ms, max {latencies[-1]:.0f} ms")
 
 
