@@ -100,18 +100,28 @@ def token_rank(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
     return 1 + (z > chosen).sum(-1)
 
 
-def token_statistics(logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0
-                     ) -> dict[str, torch.Tensor]:
-    """Entropy, surprisal, varentropy and rank of ``token_ids`` from one log-softmax."""
+def token_statistics(logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0,
+                     with_rank: bool = True) -> dict[str, torch.Tensor]:
+    """Entropy, surprisal, varentropy (and rank) of ``token_ids`` from one log-softmax.
+
+    p and the clamped log p are computed once and shared by the entropy and the varentropy. The rank
+    does not depend on the temperature: callers that re-score the same logits at many temperatures
+    pass ``with_rank=False`` and compute it once with :func:`token_rank`.
+    """
     ids = _ids(logits, token_ids)
     log_p = log_probs(logits, temperature)
-    entropy = _entropy_from_log_probs(log_p)
-    return {
+    surprisal_y = -log_p.gather(-1, ids).squeeze(-1)
+    log_p = _clamped(log_p)
+    p = log_p.exp()
+    entropy = (-(p * log_p).sum(-1)).clamp_min(0)
+    statistics = {
         "entropy": entropy,
-        "surprisal": -log_p.gather(-1, ids).squeeze(-1),
-        "varentropy": _varentropy(log_p, entropy),
-        "rank": token_rank(logits, token_ids),
+        "surprisal": surprisal_y,
+        "varentropy": (p * log_p.add_(entropy.unsqueeze(-1)).square_()).sum(-1),
     }
+    if with_rank:
+        statistics["rank"] = token_rank(logits, token_ids)
+    return statistics
 
 
 def top_alternatives(logits: torch.Tensor, k: int = 10, temperature: float = 1.0

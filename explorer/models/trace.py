@@ -12,7 +12,7 @@ from functools import cached_property
 import pandas as pd
 import torch
 
-from explorer.kernels.entropy import entropy_sweep, token_statistics, top_alternatives
+from explorer.kernels.entropy import entropy_sweep, token_rank, token_statistics
 
 RANK_BUCKETS = (10, 100, 1000)  # GLTR's buckets: top-10, top-100, top-1000, beyond
 
@@ -47,6 +47,8 @@ class TokenTrace:
     n_kept: torch.Tensor | None = None
     stopped: bool = False
     top_k: int = field(default=10, repr=False)
+    #: temperature-invariant results (rank, top-k ids and logits) shared by every ``at_temperature`` copy
+    shared: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -63,7 +65,7 @@ class TokenTrace:
 
     @cached_property
     def _statistics(self) -> dict[str, torch.Tensor]:
-        return token_statistics(self.logits, self.token_ids, temperature=self.temperature)
+        return token_statistics(self.logits, self.token_ids, temperature=self.temperature, with_rank=False)
 
     @property
     def entropy(self) -> torch.Tensor:
@@ -79,11 +81,25 @@ class TokenTrace:
 
     @property
     def rank(self) -> torch.Tensor:
-        return self._statistics["rank"]
+        """1 + #{v : z_v > z_y}: the same at every temperature, so computed once per text."""
+        if "rank" not in self.shared:
+            self.shared["rank"] = token_rank(self.logits, self.token_ids)
+        return self.shared["rank"]
 
     @cached_property
     def _top(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return top_alternatives(self.logits, k=self.top_k, temperature=self.temperature)
+        """Top-k probabilities at this temperature from the cached top-k logits (ids do not move with T).
+
+        log Z(T) = (z_y - z_max) / T + s_y, so p_v = exp((z_v - z_max) / T - log Z(T)) needs no new
+        pass over the vocabulary once the surprisal s_y is known.
+        """
+        if "top" not in self.shared:
+            values, ids = self.logits.float().topk(min(self.top_k, self.logits.shape[-1]), dim=-1)
+            chosen = self.logits.float().gather(-1, self.token_ids.long().unsqueeze(-1)).squeeze(-1)
+            self.shared["top"] = (values - values[:, :1], ids, chosen - values[:, 0])
+        shifted_top, ids, shifted_chosen = self.shared["top"]
+        log_z = shifted_chosen / self.temperature + self.surprisal
+        return torch.exp(shifted_top / self.temperature - log_z.unsqueeze(-1)), ids
 
     @property
     def top_probs(self) -> torch.Tensor:
