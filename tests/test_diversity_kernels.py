@@ -72,9 +72,12 @@ def test_weights_match_the_package():
 # ------------------------------------------------------------------------------- the peer package
 @pytest.mark.parametrize("q", [1.0, 2.0, 0.5, 3.0])
 def test_cosine_equals_vendi_score_package(q):
-    X = blobs(80, 12, seed=1)
+    # Each comparison on a full-rank matrix: with q < 1 the ~1e-16 eigenvalues of a rank-deficient
+    # matrix add ~1e-8 each (lambda^q), and that noise depends on the LAPACK routine, not on the measure.
+    X = blobs(80, 12, seed=1)  # n > d: the dual d x d matrix is full rank
     Xn = X.numpy()
     assert vendi_score(X, q=q) == pytest.approx(vendi.score_dual(Xn, q=q), rel=1e-8)
+    Xn = blobs(40, 64, seed=1).numpy()  # n < d: the n x n kernel matrix is full rank
     K = Xn @ Xn.T / np.outer(np.linalg.norm(Xn, axis=1), np.linalg.norm(Xn, axis=1))
     assert vendi_score(K=torch.from_numpy(K), q=q) == pytest.approx(vendi.score_K(K, q=q), rel=1e-8)
 
