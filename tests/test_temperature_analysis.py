@@ -3,7 +3,6 @@ default model that is stopped mid-run and resumed without duplicates or losses."
 
 import math
 
-import pandas as pd
 import pytest
 import torch
 

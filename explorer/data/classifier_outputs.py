@@ -17,7 +17,6 @@ takes probabilities when the rows sum to one and says what to do otherwise.
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from explorer.cache import cache_dir
 from explorer.errors import InputError
 
 KINDS = ("auto", "probabilities", "logits")
@@ -65,12 +65,8 @@ class ClassifierOutputs:
 
 
 def cache_path(filename: str) -> Path:
-    """A file in ``$ENTROPY_EXPLORER_CACHE`` or platformdirs' user cache dir "entropy-explorer"."""
-    from platformdirs import user_cache_dir
-
-    root = Path(os.environ.get("ENTROPY_EXPLORER_CACHE") or user_cache_dir("entropy-explorer"))
-    root.mkdir(parents=True, exist_ok=True)
-    return root / filename
+    """A file in the project's cache directory (:func:`explorer.cache.cache_dir`)."""
+    return cache_dir() / filename
 
 
 # ----------------------------------------------------------------------------- validation

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from explorer.cache import cache_dir
 from explorer.errors import InputError
 from explorer.kernels.attention import attention_entropy
 from explorer.kernels.decoding import LogitsRule, make_rule, step_statistics
@@ -34,13 +35,6 @@ DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MAX_SCORED_TOKENS = 2048
 _MODELS: dict[tuple[str, str], "LanguageModel"] = {}
 _LOAD_LOCK = threading.Lock()
-
-
-def cache_dir() -> Path:
-    """Where converted models live: ``$ENTROPY_EXPLORER_CACHE`` or the platform's user cache dir."""
-    from platformdirs import user_cache_dir
-
-    return Path(os.environ.get("ENTROPY_EXPLORER_CACHE") or user_cache_dir("entropy-explorer"))
 
 
 def default_gguf_path() -> Path:

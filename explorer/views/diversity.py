@@ -17,7 +17,7 @@ import panel as pn
 import param
 
 from explorer.analyses.diversity import DiversityAnalysis, comparison_frame
-from explorer.data.embeddings import BUNDLED, EmbeddingSet, load_embedding_file
+from explorer.data.embeddings import BUNDLED, load_embedding_file
 from explorer.errors import InputError
 from explorer.views.task import BackgroundTask
 
