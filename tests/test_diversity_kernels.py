@@ -17,9 +17,11 @@ from explorer.kernels.diversity import (
     diffusion_spectral_mutual_information,
     kernel_spectrum,
     median_bandwidth,
+    nystrom_spectrum,
     pairwise_kernel,
     vendi_score,
     vendi_vs_sample_size,
+    water_filled,
 )
 
 
@@ -128,6 +130,63 @@ def test_nystrom_is_close_and_says_so():
     assert not approx.exact and approx.method.startswith("nystrom")
     assert approx.vendi() == pytest.approx(exact, rel=0.03)
     assert 0 <= approx.error < 0.2
+
+
+def test_water_filling_by_hand():
+    # missing mass 2 lifts the two zero slots to 1: [3, 1, 1, 1] / 6
+    assert water_filled(torch.tensor([3.0, 1.0]), 4, 6.0).tolist() == pytest.approx([3 / 6, 1 / 6, 1 / 6, 1 / 6])
+    # missing mass 4 also lifts the 1: tau = (4 + 1) / 3
+    tau = 5 / 3
+    assert water_filled(torch.tensor([3.0, 1.0]), 4, 8.0).tolist() == pytest.approx([3 / 8] + [tau / 8] * 3)
+    # nothing missing: the spectrum itself
+    assert water_filled(torch.tensor([2.0, 2.0]), 2, 4.0).tolist() == pytest.approx([0.5, 0.5])
+
+
+def bulk_clusters(n, seed=3):
+    """Clusters in 64 dimensions with isotropic noise: an RBF spectrum with a long, slowly decaying tail
+    (the hard case for low-rank approximations)."""
+    gen = np.random.default_rng(seed)
+    centres = gen.normal(size=(10, 64)) * 0.6
+    return torch.from_numpy(centres[gen.integers(0, 10, n)] + gen.normal(size=(n, 64)) * 0.5)
+
+
+def test_nystrom_extrapolation_beats_the_flat_tail_and_the_bound_holds():
+    X = bulk_clusters(1500)
+    exact = kernel_spectrum(X, kernel="rbf", sigma=4.0, method="exact")
+    approx = nystrom_spectrum(X, "rbf", 4.0, landmarks=300, seed=0)
+    flat_tail = Spectrum(approx.eigenvalues, approx.n)  # the largest level alone, missing trace spread flat
+    for q in (0.5, 1.0, 2.0):
+        assert abs(approx.vendi(q) / exact.vendi(q) - 1) < 0.5 * abs(flat_tail.vendi(q) / exact.vendi(q) - 1) + 1e-3
+    assert abs(approx.vendi() / exact.vendi() - 1) < 0.1
+    for q in (0.0, 0.5, 1.0, 2.0, 3.0, math.inf):  # a guarantee, not an estimate
+        assert approx.vendi_upper_bound(q) >= exact.vendi(q) * (1 - 1e-9)
+        assert approx.vendi(q) <= approx.vendi_upper_bound(q) * (1 + 1e-12)
+    assert approx.error == approx.vendi_error(1.0) > 0
+
+
+def test_nested_levels_equal_separate_nystrom_approximations():
+    X = bulk_clusters(400, seed=4)
+    approx = nystrom_spectrum(X, "rbf", 4.0, landmarks=80, seed=2)
+    chosen = torch.randperm(400, generator=torch.Generator().manual_seed(2))[:80]
+    for k, values in zip(approx.levels, approx.level_eigenvalues):
+        K_nm = pairwise_kernel(X, X[chosen[:k]], "rbf", 4.0)
+        W = K_nm[chosen[:k]]
+        W = W + 1e-6 * torch.eye(k, dtype=W.dtype)
+        direct = torch.linalg.eigvals(torch.linalg.solve(W, K_nm.T @ K_nm)).real.sort(descending=True).values
+        ours = values.sort(descending=True).values
+        assert ours[:10].tolist() == pytest.approx(direct[:10].tolist(), rel=1e-4)
+        assert float(ours.sum()) == pytest.approx(float(direct.sum()), rel=1e-4)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(40, 120), st.integers(0, 10_000), st.sampled_from([0.5, 1.0, 2.0, math.inf]))
+def test_nystrom_upper_bound_is_a_bound(n, seed, q):
+    X = blobs(n, 6, seed=seed)
+    weights = torch.from_numpy(np.random.default_rng(seed).dirichlet(np.ones(n)))
+    for w in (None, weights):
+        exact = kernel_spectrum(X, kernel="rbf", sigma=2.0, weights=w, method="exact")
+        approx = nystrom_spectrum(X, "rbf", 2.0, landmarks=n // 4, seed=seed, weights=w)
+        assert approx.vendi_upper_bound(q) >= exact.vendi(q) * (1 - 1e-6)
 
 
 def test_subsample_curve_grows_and_is_seeded():

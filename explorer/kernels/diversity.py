@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import scipy.linalg
@@ -111,8 +111,8 @@ def symmetric_eigenvalues(M: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class Spectrum:
     """Normalised eigenvalues (descending, >= 0, summing to 1) of one kernel matrix, and every score
-    they give. ``exact`` is False for Nystrom spectra; ``error`` then estimates the relative error of
-    the order-1 Vendi score (difference between ``m`` and ``m/2`` landmarks)."""
+    they give. ``exact`` is False for Nystrom spectra (:class:`NystromSpectrum`); ``error`` then
+    estimates the relative error of the order-1 Vendi score."""
 
     eigenvalues: torch.Tensor  # float64, descending, sum 1
     n: int
@@ -135,6 +135,14 @@ class Spectrum:
     def vendi(self, q: float = 1.0) -> float:
         """Vendi score of order q: ``exp(H_q(lambda))``, in [1, n]."""
         return math.exp(self.entropy(q))
+
+    def vendi_error(self, q: float = 1.0) -> float:
+        """Estimated relative error of :meth:`vendi` (0 for an exact spectrum)."""
+        return 0.0
+
+    def vendi_upper_bound(self, q: float = 1.0) -> float:
+        """A guaranteed upper bound on the true order-q score (the score itself when exact)."""
+        return self.vendi(q)
 
     def rke(self) -> float:
         """RKE (Jalali et al.) = ``1 / sum lambda^2`` = Vendi of order 2."""
@@ -187,18 +195,122 @@ def _exact_from_matrix(K: torch.Tensor, weights: torch.Tensor | None) -> Spectru
     return Spectrum(_normalised(symmetric_eigenvalues(K)), K.shape[0])
 
 
-def _nystrom_eigenvalues(X, kernel, sigma, m, gen, weights) -> torch.Tensor:
-    n = X.shape[0]
-    idx = torch.randperm(n, generator=gen)[:m].to(X.device)
-    K_mm = pairwise_kernel(X[idx].double(), X[idx].double(), kernel, sigma)
-    evals, evecs = torch.linalg.eigh(K_mm)
-    keep = evals > evals.max() * 1e-10
-    inv_root = evecs[:, keep] / evals[keep].sqrt()
-    C = torch.cat([pairwise_kernel(chunk.double(), X[idx].double(), kernel, sigma) @ inv_root
-                   for chunk in X.split(8192)])  # n x r, K ~ C C^T
-    if weights is not None:
-        C = C * weights.double().to(C.device).sqrt()[:, None]
-    return symmetric_eigenvalues(C.T @ C)
+NYSTROM_LEVELS = (0.5, 0.625, 0.75, 0.875, 1.0)  # landmark fractions whose estimates are extrapolated
+
+
+@dataclass(frozen=True)
+class NystromSpectrum(Spectrum):
+    """A Nystrom spectrum at several nested landmark counts, extrapolated to ``m = n``.
+
+    ``K ~ K_nm (K_mm + eps I)^-1 K_mn`` is below ``K`` in the PSD order, so each Nystrom eigenvalue is
+    below the true one of the same rank (Weyl), and the trace it misses (``tr K - sum lambda~``) is
+    known exactly. Each level's entropy spreads that trace as a flat tail; the entropies at
+    ``m_1 < ... < m_L`` landmarks are fitted by ``H(m) = a + b m^-gamma`` (least squares) and read at
+    ``m = n``, where Nystrom is exact. ``error`` (order 1) is the largest relative change of the
+    extrapolated score when the fit leaves one level out or uses only the three smallest or the three
+    largest levels: an estimate of the extrapolation's uncertainty, not a bound.
+    :meth:`vendi_upper_bound` is a bound: the largest score of any spectrum above the Nystrom one with
+    the same trace (water-filling). ``eigenvalues`` are those at the largest level with a flat tail."""
+
+    levels: tuple[int, ...] = ()
+    level_eigenvalues: tuple[torch.Tensor, ...] = ()  # Nystrom eigenvalues of K at each level, raw
+    trace: float = 1.0
+    _memo: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def entropy(self, q: float = 1.0) -> float:
+        """The extrapolated order-q entropy, capped by that of the water-filled bound."""
+        key = ("entropy", q)
+        if key not in self._memo:
+            self._memo[key] = min(self._extrapolated(q)[0], self._bound_spectrum().entropy(q))
+        return self._memo[key]
+
+    def vendi_error(self, q: float = 1.0) -> float:
+        """Estimated relative error of the order-q score (leave-one-level-out spread of the fit)."""
+        return self._extrapolated(q)[1]
+
+    def vendi_upper_bound(self, q: float = 1.0) -> float:
+        return self._bound_spectrum().vendi(q)
+
+    def _level_entropies(self, q: float) -> list[float]:
+        return [_flat_tail_entropy(values, self.n, self.trace, q) for values in self.level_eigenvalues]
+
+    def _extrapolated(self, q: float) -> tuple[float, float]:
+        if q not in self._memo:
+            self._memo[q] = self._extrapolate(q)
+        return self._memo[q]
+
+    def _extrapolate(self, q: float) -> tuple[float, float]:
+        entropies = self._level_entropies(q)
+        estimate = _power_law_at(self.levels, entropies, self.n)
+        if estimate is None:  # no decrease with m to extrapolate: the largest level, its last change as error
+            return entropies[-1], abs(math.expm1(entropies[-2] - entropies[-1])) if len(entropies) > 1 else 0.0
+        count = len(self.levels)
+        subsets = [[i for i in range(count) if i != out] for out in range(count)]  # leave one level out
+        subsets += [list(range(3)), list(range(count - 3, count))]  # the smallest / largest levels alone
+        spread = 0.0
+        for kept in subsets:
+            other = _power_law_at([self.levels[i] for i in kept], [entropies[i] for i in kept], self.n)
+            spread = max(spread, abs(math.expm1((other if other is not None else entropies[-1]) - estimate)))
+        return estimate, spread
+
+    def _bound_spectrum(self) -> Spectrum:
+        if "bound" not in self._memo:
+            self._memo["bound"] = Spectrum(water_filled(self.level_eigenvalues[-1], self.n, self.trace), self.n)
+        return self._memo["bound"]
+
+
+def _power_law_at(levels, entropies, n: int) -> float | None:
+    """Least-squares fit of ``H(m) = a + b m^-gamma`` (b > 0, gamma on a grid in (0, 3]) read at m = n;
+    None when the entropies do not decrease with m."""
+    m = np.asarray(levels, dtype=np.float64)
+    h = np.asarray(entropies, dtype=np.float64)
+    if len(m) < 3 or not h[0] - h[-1] > 1e-9 * max(1.0, abs(h[-1])):
+        return None
+    gammas = np.linspace(0.01, 3.0, 300)[:, None]
+    x = m[None, :] ** -gammas  # one row per gamma
+    xc = x - x.mean(1, keepdims=True)
+    b = (xc * (h - h.mean())).sum(1) / (xc * xc).sum(1)
+    a = h.mean() - b * x.mean(1)
+    residual = ((a[:, None] + b[:, None] * x - h) ** 2).sum(1)
+    residual[b <= 0] = np.inf
+    best = int(np.argmin(residual))
+    return None if not np.isfinite(residual[best]) else float(a[best] + b[best] * n ** -gammas[best, 0])
+
+
+def water_filled(top: torch.Tensor, n: int, trace: float) -> torch.Tensor:
+    """The most uniform spectrum with ``lambda_i >= top_i`` (sorted, padded with zeros to n) and
+    ``sum lambda = trace``: ``lambda_i = max(top_i, tau)``. It is majorised by every such spectrum,
+    so its Vendi score of every order bounds theirs from above. Returned normalised."""
+    values = torch.zeros(n, dtype=torch.float64, device=top.device)
+    values[:top.numel()] = top.double().clamp_min(0)
+    ascending = values.sort().values
+    missing = trace - float(ascending.sum())
+    if missing <= 0:
+        return _normalised(values)
+    # tau solves sum_i max(tau - v_i, 0) = missing over the k smallest values (v_k <= tau <= v_{k+1})
+    cumulative = torch.cumsum(ascending, 0)
+    counts = torch.arange(1, n + 1, dtype=torch.float64, device=top.device)
+    taus = (missing + cumulative) / counts
+    upper = torch.cat([ascending[1:], ascending.new_tensor([math.inf])])
+    k = int(torch.nonzero(taus <= upper)[0])
+    return _normalised(ascending.clamp_min(float(taus[k])))
+
+
+def _flat_tail_entropy(top: torch.Tensor, n: int, trace: float, q: float) -> float:
+    """Order-q entropy of :func:`_with_flat_tail` without building the n-vector."""
+    top = top.double().clamp_min(0) / trace
+    top = top[top > 0]
+    slots = n - top.numel()
+    share = max(1.0 - float(top.sum()), 0.0)
+    tail = share / slots if slots and share > 0 else 0.0
+    slots = slots if tail > 0 else 0
+    if math.isinf(q):
+        return -math.log(max(float(top.max()) if top.numel() else 0.0, tail))
+    if q == 0:
+        return math.log(top.numel() + slots)
+    if q == 1:
+        return float(-(top * top.log()).sum()) - (slots * tail * math.log(tail) if slots else 0.0)
+    return math.log(float((top ** q).sum()) + slots * tail ** q) / (1 - q)
 
 
 def _with_flat_tail(top: torch.Tensor, n: int, trace: float) -> torch.Tensor:
@@ -210,21 +322,51 @@ def _with_flat_tail(top: torch.Tensor, n: int, trace: float) -> torch.Tensor:
     return _normalised(torch.cat([top, tail]))
 
 
+def _kernel_diagonal(X: torch.Tensor, kernel: Kernel, sigma: float | None) -> torch.Tensor:
+    if kernel == "rbf":
+        return torch.ones(X.shape[0], dtype=torch.float64, device=X.device)
+    return torch.cat([pairwise_kernel(chunk, chunk, kernel, sigma).diagonal()
+                      for chunk in X.double().split(1024)]).double()
+
+
+def _nested_nystrom_gram(X: torch.Tensor, kernel: Kernel, sigma: float | None, landmarks: torch.Tensor,
+                         weights: torch.Tensor | None) -> torch.Tensor:
+    """``M = C^T C`` for ``C = K_nm L^-T`` with ``L L^T = K_mm + eps I`` (Cholesky, float64). Because
+    L is triangular, ``C[:, :k]`` are the Nystrom features of the first k landmarks, so the Nystrom
+    eigenvalues at every level k are those of ``M[:k, :k]``: one O(n m^2) pass serves all levels.
+    The n x m work runs in float32 on centred data (whitened features are well conditioned)."""
+    Xc = (X - X.mean(0)) if kernel == "rbf" else X
+    Xw = Xc.float()
+    L = Xw[landmarks]
+    W = pairwise_kernel(Xc[landmarks].double(), Xc[landmarks].double(), kernel, sigma)
+    jitter = 1e-6 * float(W.diagonal().mean())
+    chol = torch.linalg.cholesky(W + jitter * torch.eye(len(W), dtype=W.dtype, device=W.device)).float()
+    M = torch.zeros(len(landmarks), len(landmarks), dtype=torch.float64, device=X.device)
+    root = weights.double().sqrt() if weights is not None else None
+    for rows in torch.arange(X.shape[0], device=X.device).split(16384):
+        block = pairwise_kernel(Xw[rows], L, kernel, sigma)
+        C = torch.linalg.solve_triangular(chol, block.T, upper=False).T  # block L^-T
+        if root is not None:
+            C = C * root[rows].float()[:, None]
+        M += (C.T @ C).double()
+    return M
+
+
 def nystrom_spectrum(X: torch.Tensor, kernel: Kernel, sigma: float | None, landmarks: int = 1000, seed: int = 0,
-                     weights: torch.Tensor | None = None) -> Spectrum:
-    """Nystrom approximation ``K ~ K_nm K_mm^+ K_mn`` with ``m`` seeded landmarks: O(n m^2); the trace
-    it misses is spread as a flat tail (exact for ``K = low rank + c I``). The error estimate is the
-    relative change of the order-1 Vendi score between m/2 and m landmarks."""
+                     weights: torch.Tensor | None = None) -> NystromSpectrum:
+    """Nystrom spectra with ``m * (1/2, 5/8, 3/4, 7/8, 1)`` nested seeded landmarks from one
+    O(n m d + n m^2) pass, extrapolated in m to m = n (see :class:`NystromSpectrum`)."""
     n, m = X.shape[0], min(landmarks, X.shape[0])
-    trace = float(weights.sum()) if weights is not None else float(n)  # unit-diagonal kernels (rbf, callable)
-    if kernel == "polynomial" or weights is None and callable(kernel):
-        diag = torch.stack([pairwise_kernel(x[None], x[None], kernel, sigma)[0, 0] for x in X.double()])
-        trace = float((diag * (weights.double() if weights is not None else 1)).sum())
-    gen = torch.Generator().manual_seed(seed)
-    full = Spectrum(_with_flat_tail(_nystrom_eigenvalues(X, kernel, sigma, m, gen, weights), n, trace), n)
-    half = Spectrum(_with_flat_tail(_nystrom_eigenvalues(X, kernel, sigma, max(m // 2, 2), gen, weights), n, trace), n)
-    error = abs(full.vendi(1.0) - half.vendi(1.0)) / full.vendi(1.0)
-    return Spectrum(full.eigenvalues, n, exact=False, error=error, method=f"nystrom m={m}")
+    diagonal = _kernel_diagonal(X, kernel, sigma)
+    trace = float((diagonal * weights.double().to(diagonal.device)).sum() if weights is not None else diagonal.sum())
+    chosen = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:m].to(X.device)
+    M = _nested_nystrom_gram(X, kernel, sigma, chosen, weights)
+    levels = tuple(sorted({max(2, round(m * f)) for f in NYSTROM_LEVELS}))
+    level_eigenvalues = tuple(symmetric_eigenvalues(M[:k, :k].clone()).clamp_min(0) for k in levels)
+    spectrum = NystromSpectrum(_with_flat_tail(level_eigenvalues[-1], n, trace), n, exact=False,
+                               method=f"nystrom m={m}, extrapolated", levels=levels,
+                               level_eigenvalues=level_eigenvalues, trace=trace)
+    return replace(spectrum, error=spectrum.vendi_error(1.0))
 
 
 # -------------------------------------------------------------------------------------- Vendi score
