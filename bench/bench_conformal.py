@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from explorer.kernels import conformal as cp
+from explorer.peers import mapie_split_sets
 
 warnings.filterwarnings("ignore")
 
@@ -39,43 +40,9 @@ def timed(function, repeats: int = 1):
     return best, result
 
 
-def stored_classifier(probs: np.ndarray):
-    from sklearn.base import BaseEstimator, ClassifierMixin
-
-    class Stored(ClassifierMixin, BaseEstimator):
-        """Prefit wrapper: features are row indices into the stored probabilities."""
-
-        def __init__(self, table=None):
-            self.table = table
-
-        def fit(self, X, y):
-            return self
-
-        def __sklearn_is_fitted__(self):
-            return True
-
-        @property
-        def classes_(self):
-            return np.arange(self.table.shape[1])
-
-        def predict_proba(self, X):
-            return self.table[np.asarray(X).ravel().astype(int)]
-
-        def predict(self, X):
-            return self.predict_proba(X).argmax(1)
-
-    return Stored(probs)
-
-
 def mapie_sets(probs: np.ndarray, labels: np.ndarray, n_cal: int, alpha: float, score: str):
-    from mapie.classification import SplitConformalClassifier
-
-    rows = np.arange(len(labels)).reshape(-1, 1)
-    mapie = SplitConformalClassifier(stored_classifier(probs), confidence_level=1 - alpha,
-                                     conformity_score=score, prefit=True, random_state=0)
-    mapie.conformalize(rows[:n_cal], labels[:n_cal])
     include = "randomized" if score in ("aps", "raps") else True
-    return mapie.predict_set(rows[n_cal:], conformity_score_params={"include_last_label": include})[1][:, :, 0]
+    return mapie_split_sets(probs, labels, n_cal, alpha, score, include_last_label=include)[0]
 
 
 def our_sets(probs, labels, n_cal: int, alpha: float, method: str, generator):

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from explorer.kernels import conformal as cp
+from explorer.peers import mapie_split_sets
 
 
 def simulated(n: int, num_classes: int, seed: int, sharpness: float = 2.0):
@@ -210,45 +211,8 @@ def test_rejects_unknown_method():
 
 
 # ----------------------------------------------------------------------------- MAPIE 1.6 as the peer
-class _StoredOutputs:
-    """A prefit sklearn classifier whose features are row indices into stored probabilities."""
-
-    def __new__(cls, probs):
-        from sklearn.base import BaseEstimator, ClassifierMixin
-
-        class Stored(ClassifierMixin, BaseEstimator):
-            def __init__(self, table=None):
-                self.table = table
-
-            def fit(self, X, y):
-                return self
-
-            def __sklearn_is_fitted__(self):
-                return True
-
-            @property
-            def classes_(self):
-                return np.arange(self.table.shape[1])
-
-            def predict_proba(self, X):
-                return self.table[np.asarray(X).ravel().astype(int)]
-
-            def predict(self, X):
-                return self.predict_proba(X).argmax(1)
-
-        return Stored(probs)
-
-
 def _mapie_sets(probs, labels, alpha, score, include_last_label=True, seed=0):
-    from mapie.classification import SplitConformalClassifier
-
-    n = len(labels) // 2
-    rows = np.arange(len(labels)).reshape(-1, 1)
-    mapie = SplitConformalClassifier(_StoredOutputs(probs), confidence_level=1 - alpha,
-                                     conformity_score=score, prefit=True, random_state=seed)
-    mapie.conformalize(rows[:n], labels[:n])
-    _, sets = mapie.predict_set(rows[n:], conformity_score_params={"include_last_label": include_last_label})
-    return sets[:, :, 0], float(mapie._mapie_classifier.conformity_score_function_.quantiles_[0])
+    return mapie_split_sets(probs, labels, len(labels) // 2, alpha, score, include_last_label, seed)
 
 
 @pytest.mark.parametrize("alpha", [0.05, 0.1, 0.2])
