@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.analyses.diversity import DiversityAnalysis, comparison_frame
+from explorer.analyses.diversity import DiversityAnalysis, NotComputed, comparison_frame
 from explorer.data.embeddings import validated
 from explorer.errors import InputError
 from explorer.kernels.diversity import (
@@ -109,3 +109,84 @@ def test_missing_data_labels_and_cancel():
     progress.cancel()
     with pytest.raises(Cancelled):
         DiversityAnalysis(dataset=clusters()).compute(progress)
+
+
+def test_dsmi_at_any_t_is_read_from_cached_spectra_and_equals_the_kernel(analysis):
+    X, labels = analysis.dataset.X.double(), analysis.dataset.labels
+    sigma = median_bandwidth(analysis.dataset.X)
+    analysis.compute()
+    parts = analysis._dsmi_spectra()
+    for t in (0.25, 1.0, 2.5, 7.0):
+        analysis.t = t
+        with analysis.reading():  # no computation: a t move only re-reads
+            value = analysis.dsmi()
+        assert value == pytest.approx(diffusion_spectral_mutual_information(X, labels, sigma, t), rel=1e-9)
+        assert analysis._dsmi_spectra() is parts
+
+
+def test_reading_never_computes_and_is_computed_tracks_settings(analysis):
+    with pytest.raises(NotComputed), analysis.reading():
+        analysis.scores()
+    assert not analysis.is_computed() and not analysis._cache
+    analysis.compute()
+    assert analysis.is_computed()
+    analysis.param.update(q=math.inf, t=4.0)
+    assert analysis.is_computed()  # q and t need nothing new
+    with analysis.reading():
+        assert analysis.scores()["vendi"] == pytest.approx(vendi_score(analysis.dataset.X.double(), q=math.inf))
+    analysis.kernel = "rbf"
+    assert not analysis.is_computed()
+    with pytest.raises(NotComputed), analysis.reading():
+        analysis.subsample_curve()
+    analysis.compute()
+    assert analysis.is_computed()
+
+
+def test_results_follow_the_data_set_object():
+    first, second = clusters(seed=3), clusters(seed=4, spread=2.0)
+    analysis = DiversityAnalysis(dataset=first)
+    analysis.compute()
+    analysis.dataset = second
+    assert not analysis.is_computed()
+    assert analysis.scores()["vendi"] == pytest.approx(vendi_score(second.X.double()), rel=1e-9)
+    assert {key[1] for key in analysis._cache} == {id(second)}  # the first set's results are released
+    copy = validated("copy", first.X.numpy(), first.labels)
+    analysis.dataset = copy
+    assert analysis.scores()["vendi"] == pytest.approx(vendi_score(first.X.double()), rel=1e-9)
+
+
+def test_centring_changes_only_the_mean_sensitive_kernels():
+    data = validated("shifted", np.random.default_rng(5).normal(size=(40, 6)) + 25.0, ["a", "b"] * 20)
+    plain, centred = DiversityAnalysis(dataset=data), DiversityAnalysis(dataset=data, center=True)
+    X = data.X.double()
+    assert centred.scores()["vendi"] == pytest.approx(vendi_score(X - X.mean(0)), rel=1e-6)
+    assert centred.scores()["vendi"] > 5 * plain.scores()["vendi"]  # the shared offset dominated the cosine
+    for analysis in (plain, centred):
+        analysis.kernel = "rbf"
+    assert centred.scores()["vendi"] == pytest.approx(plain.scores()["vendi"], rel=1e-6)
+    assert centred.scores()["dse_bits"] == pytest.approx(plain.scores()["dse_bits"], rel=1e-12)
+
+
+def test_depth_profile_over_layers():
+    layers = [validated(f"layer {i}", clusters(seed=6, spread=0.2 * (i + 1)).X.numpy(), clusters().labels)
+              for i in range(4)]
+    analysis = DiversityAnalysis(layers=layers)
+    assert analysis.layer == 0 and analysis.dataset is layers[0] and analysis.param.layer.bounds == (0, 3)
+    analysis.compute()
+    assert analysis.is_computed()
+    analysis.param.update(q=2.0, t=3.0)
+    with analysis.reading():
+        profile = analysis.depth_profile()
+    assert list(profile["layer"]) == [0, 1, 2, 3]
+    for i, data in enumerate(layers):
+        X = data.X.double()
+        assert profile["vendi"][i] == pytest.approx(vendi_score(X, q=2.0), rel=1e-9)
+        assert profile["renyi_bits"][i] == pytest.approx(math.log2(profile["vendi"][i]))
+        assert profile["dse_bits"][i] == pytest.approx(diffusion_spectral_entropy(X, median_bandwidth(data.X), t=3.0),
+                                                      rel=1e-9)
+    assert profile["vendi"].is_monotonic_increasing  # more spread around the same centres, more diverse
+    analysis.layer = 2
+    assert analysis.dataset is layers[2]
+    assert analysis.scores()["vendi"] == pytest.approx(profile["vendi"][2], rel=1e-9)
+    with pytest.raises(InputError, match="per-layer profile needs hidden states"):
+        DiversityAnalysis(dataset=layers[0]).depth_profile()

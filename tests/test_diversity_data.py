@@ -117,3 +117,33 @@ def test_hidden_states_per_layer():
     assert not torch.allclose(sets[0].X, sets[-1].X[:, : sets[0].dim])
     with pytest.raises(InputError, match="at least 2 texts"):
         hidden_state_sets(["only one"])
+
+
+@pytest.mark.model
+def test_padded_batch_pools_like_each_text_alone():
+    """Right padding and the mask: a short text batched with a long one pools to what it gives alone."""
+    from explorer.data.hidden_states import mean_pooled_hidden_states
+    from explorer.models.language_model import load_language_model
+
+    texts = ["Bees dance.", "The committee postponed its decision on the new bridge until the spring survey."]
+    tokenizer = load_language_model().tokenizer
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # another page's setting must be restored, not overwritten
+    try:
+        batched = mean_pooled_hidden_states(texts, batch_size=2)
+        assert tokenizer.padding_side == "left"
+    finally:
+        tokenizer.padding_side = side
+    alone = torch.cat([mean_pooled_hidden_states([t, t], batch_size=1)[:, :1] for t in texts], dim=1)
+    assert batched.shape == alone.shape and batched.shape[0] == 31  # embeddings + 30 layers of SmolLM2-135M
+    assert torch.allclose(batched, alone, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.model
+def test_text_set_hidden_states_computed_once_per_process():
+    from explorer.data.hidden_states import text_set_hidden_states
+
+    first = text_set_hidden_states()
+    assert len(first) == 31 and all(s.n == 60 and s.labels[0] == "paraphrases of one sentence" for s in first)
+    assert first[5].texts[0].startswith("The cat") and "layer 5" in first[5].name
+    assert text_set_hidden_states() is first

@@ -1,7 +1,10 @@
-"""DuckDB results store: round trip, resumable batches, locked and corrupt files, Parquet export."""
+"""DuckDB results store: round trip, resumable batches, a writer killed mid-run (WAL replay), locked and
+corrupt files, Parquet export."""
 
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -62,3 +65,37 @@ def test_locked_file_is_input_error(tmp_path):
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
+
+
+CHILD = """
+import os, signal, sys
+import pandas as pd
+sys.path.insert(0, {root!r})
+from tests.test_store import QUESTIONS, batch
+from explorer.data.store import ResultsStore
+store = ResultsStore({path!r})
+run_id = store.create_run("m", {{"temperatures": [0.3]}}, QUESTIONS)
+store.add_batch(run_id, "t0-b0", batch(0.3, ["x", "y"]))
+store.update_settings(run_id, equivalence="cosine")
+print(run_id, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)     # no close, no checkpoint: the batch lives only in the WAL
+"""
+
+
+def test_killed_writer_is_recovered_from_the_wal(tmp_path):
+    path = tmp_path / "killed.duckdb"
+    root = str(Path(__file__).resolve().parents[1])
+    child = subprocess.run([sys.executable, "-c", CHILD.format(root=root, path=str(path))], capture_output=True,
+                           text=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    run_id = child.stdout.strip()
+    assert path.with_name(path.name + ".wal").stat().st_size > 0
+    store = ResultsStore(path)
+    try:
+        assert store.finished_batches(run_id) == {"t0-b0"}
+        assert store.samples(run_id)["text"].tolist() == ["x", "y"]
+        assert store.run(run_id)["settings"] == {"temperatures": [0.3], "equivalence": "cosine"}
+        store.add_batch(run_id, "t0-b0", batch(0.3, ["again", "again"]))     # a resumed writer adds nothing twice
+        assert store.samples(run_id)["text"].tolist() == ["x", "y"]
+    finally:
+        store.close()

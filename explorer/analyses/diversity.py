@@ -1,13 +1,19 @@
 """Diversity study of one embedding set: Vendi of any order, RKE, Renyi, effective rank, DSE, DSMI,
-their curves, per-group scores and a 2-D projection.
+their curves, per-group scores, a 2-D projection and, for per-layer hidden states, the entropy of
+the representations across depth.
 
-Expensive results (the kernel spectrum, the diffusion spectrum, DSMI, subsample and group scores)
-are computed once per (data, settings) and cached; a change of ``q`` or ``t`` only re-reads them.
+Expensive results (the kernel spectrum, the diffusion spectra, the subsample and group spectra, the
+projection, one spectrum pair per layer) are computed once per (data, settings) by :meth:`compute`
+and cached; a change of ``q`` or ``t`` only re-reads them. Inside ``with analysis.reading():`` a
+read that would have to compute raises :class:`NotComputed` instead, so a UI never computes on its
+event loop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 
 import numpy as np
 import pandas as pd
@@ -20,7 +26,6 @@ from explorer.kernels.diversity import (
     KERNELS,
     Spectrum,
     diffusion_eigenvalues,
-    diffusion_spectral_mutual_information,
     dse_from_eigenvalues,
     kernel_spectrum,
     median_bandwidth,
@@ -30,16 +35,30 @@ from explorer.progress import Progress
 Q_VALUES = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, math.inf]
 CURVE_Q = np.concatenate([np.linspace(0, 2, 21), np.linspace(2.5, 20, 36)])
 CURVE_T = np.linspace(0.25, 10, 40)
+DSMI_REPEATS = 5
+
+
+class NotComputed(LookupError):
+    """A read inside :meth:`DiversityAnalysis.reading` needed a result that is not cached yet."""
 
 
 class DiversityAnalysis(param.Parameterized):
-    """Settings of one diversity study of ``dataset``; results are lazy and cached."""
+    """Settings of one diversity study of ``dataset``; results are lazy and cached.
+
+    With ``layers`` (one :class:`EmbeddingSet` per layer of a model, same rows), ``layer`` picks the
+    one under study and :meth:`depth_profile` gives the entropy of every layer's representations.
+    """
 
     dataset = param.ClassSelector(class_=EmbeddingSet, allow_None=True, doc="The embeddings under study.")
+    layers = param.List(default=[], item_type=EmbeddingSet, doc="Per-layer sets (hidden states); empty otherwise.")
+    layer = param.Integer(default=0, bounds=(0, None), label="Layer (0 = token embeddings)")
     kernel = param.Selector(objects=list(KERNELS), default="cosine", doc="Similarity kernel for Vendi/RKE/Renyi.")
     sigma = param.Number(default=0.0, bounds=(0, None), softbounds=(0, 50), step=0.1,
                          label="RBF sigma (0 = median distance)")
     degree = param.Integer(default=3, bounds=(1, 6), label="Polynomial degree")
+    center = param.Boolean(default=False, label="Centre the embeddings",
+                           doc="Subtract the mean embedding before the kernel (RBF and DSE are unchanged): removes "
+                               "a direction every sample shares, e.g. in language-model hidden states.")
     q = param.Selector(objects=Q_VALUES, default=1.0, label="Order q")
     t = param.Number(default=1.0, bounds=(0.25, 10), step=0.25, label="Diffusion time t")
     dse_sigma = param.Number(default=0.0, bounds=(0, None), softbounds=(0, 50), step=0.1,
@@ -52,39 +71,117 @@ class DiversityAnalysis(param.Parameterized):
     def __init__(self, **params):
         super().__init__(**params)
         self._cache: dict = {}
+        self._local = threading.local()
+        if self.layers:
+            self._on_layers()
 
     # ------------------------------------------------------------------------------- helpers
-    def _data(self) -> EmbeddingSet:
-        if self.dataset is None:
-            raise InputError("No data loaded: choose a bundled set or upload a file.")
-        return self.dataset
+    @param.depends("layers", watch=True)
+    def _on_layers(self):
+        """New per-layer sets: bound ``layer`` to them and study the chosen one."""
+        self.param.layer.bounds = (0, max(len(self.layers) - 1, 0))
+        layer = min(self.layer, max(len(self.layers) - 1, 0))
+        if self.layers:
+            self.param.update(layer=layer, dataset=self.layers[layer])
 
-    def _cached(self, name: str, keys: tuple, compute):
-        key = (name, id(self.dataset)) + keys
-        if key not in self._cache:
-            self._cache[key] = compute()
-        return self._cache[key]
+    @param.depends("layer", watch=True)
+    def _on_layer(self):
+        if self.layers:
+            if not 0 <= self.layer < len(self.layers):
+                raise InputError(f"Layer {self.layer} does not exist: choose 0 to {len(self.layers) - 1}.")
+            self.dataset = self.layers[self.layer]
+
+    @param.depends("dataset", watch=True)
+    def _prune(self):
+        """Forget results of data sets that are no longer studied (a layer of ``layers`` stays)."""
+        keep = {id(self.dataset)} | {id(s) for s in self.layers}
+        for key in [k for k in self._cache if k[1] not in keep]:
+            self._cache.pop(key, None)
+
+    def _data(self, data: EmbeddingSet | None = None) -> EmbeddingSet:
+        data = data if data is not None else self.dataset
+        if data is None:
+            raise InputError("No data loaded: choose a bundled set or upload a file.")
+        return data
+
+    @contextlib.contextmanager
+    def reading(self):
+        """Within this block (in this thread) a read of an uncached result raises :class:`NotComputed`."""
+        before = getattr(self._local, "read_only", False)
+        self._local.read_only = True
+        try:
+            yield self
+        finally:
+            self._local.read_only = before
+
+    def _cached(self, name: str, keys: tuple, compute, data: EmbeddingSet | None = None):
+        """``compute()`` once per (name, data set, keys). The entry keeps its data set, so a new set
+        that reuses a freed one's ``id`` never sees the old results."""
+        data = self._data(data)
+        key = (name, id(data)) + keys
+        entry = self._cache.get(key)
+        if entry is not None and entry[0] is data:
+            return entry[1]
+        if getattr(self._local, "read_only", False):
+            raise NotComputed(name)
+        value = compute()
+        self._cache[key] = (data, value)
+        return value
+
+    def is_computed(self) -> bool:
+        """True when every result for the current data and settings is cached."""
+        if self.dataset is None:
+            return False
+        try:
+            with self.reading():
+                self.scores()
+                self.subsample_curve()
+                self.group_scores()
+                self.projection()
+                if self.layers:
+                    self.depth_profile()
+        except NotComputed:
+            return False
+        return True
 
     def _kernel_keys(self) -> tuple:
-        return (self.kernel, self.sigma, self.degree, self.method, self.approx_above, self.landmarks, self.seed)
+        return (self.kernel, self.sigma, self.degree, self.center, self.method, self.approx_above, self.landmarks,
+                self.seed)
 
-    def _dse_rows(self) -> torch.Tensor:
+    def _features(self, data: EmbeddingSet | None = None) -> torch.Tensor:
+        """The rows the kernel sees: ``X``, or ``X`` minus its mean when ``center`` (cached)."""
+        data = self._data(data)
+        if not self.center:
+            return data.X
+        return self._cached("centred", (), lambda: data.X - data.X.double().mean(0).to(data.X.dtype), data)
+
+    def _dse_rows(self, data: EmbeddingSet | None = None) -> torch.Tensor:
         """All rows, or a seeded subsample of ``approx_above`` rows when n is larger (DSE is O(n^3))."""
-        data = self._data()
+        data = self._data(data)
         if data.n <= self.approx_above:
             return torch.arange(data.n)
         return torch.randperm(data.n, generator=torch.Generator().manual_seed(self.seed))[:self.approx_above]
 
+    def _median(self, data: EmbeddingSet | None = None) -> float:
+        data = self._data(data)
+        return self._cached("median", (), lambda: median_bandwidth(data.X), data)
+
+    def _rbf_sigma(self, data: EmbeddingSet | None = None) -> float | None:
+        if self.kernel != "rbf":
+            return None
+        return self.sigma or self._median(data)
+
+    def _diffusion_sigma(self, data: EmbeddingSet | None = None) -> float:
+        return self.dse_sigma or self._median(data)
+
     @property
     def rbf_sigma(self) -> float | None:
         """The RBF bandwidth in use (median heuristic when ``sigma`` is 0)."""
-        if self.kernel != "rbf":
-            return None
-        return self.sigma or self._cached("median", (), lambda: median_bandwidth(self._data().X))
+        return self._rbf_sigma()
 
     @property
     def diffusion_sigma(self) -> float:
-        return self.dse_sigma or self._cached("median", (), lambda: median_bandwidth(self._data().X))
+        return self._diffusion_sigma()
 
     def _kernel_function(self):
         if self.kernel != "polynomial":
@@ -95,40 +192,69 @@ class DiversityAnalysis(param.Parameterized):
         return lambda A, B: pairwise_kernel(A, B, "polynomial", degree=degree)
 
     # ------------------------------------------------------------------------------- spectra
-    def spectrum(self, progress: Progress | None = None) -> Spectrum:
-        """The kernel spectrum for the current kernel settings (cached)."""
+    def spectrum(self, progress: Progress | None = None, data: EmbeddingSet | None = None) -> Spectrum:
+        """The kernel spectrum of ``data`` (default: the data set) for the current kernel settings (cached)."""
+        data = self._data(data)
+
         def compute():
             if progress is not None:
-                progress.update(0, 1, f"Eigenvalues of the {self.kernel} kernel (n = {self._data().n})")
-            return kernel_spectrum(self._data().X, kernel=self._kernel_function(), sigma=self.rbf_sigma,
+                progress.update(0, 1, f"Eigenvalues of the {self.kernel} kernel (n = {data.n})")
+            return kernel_spectrum(self._features(data), kernel=self._kernel_function(), sigma=self._rbf_sigma(data),
                                    method=self.method, landmarks=self.landmarks, approx_above=self.approx_above,
                                    seed=self.seed)
-        return self._cached("spectrum", self._kernel_keys(), compute)
+        return self._cached("spectrum", self._kernel_keys(), compute, data)
 
-    def diffusion_spectrum(self, progress: Progress | None = None) -> torch.Tensor:
-        """Eigenvalues of the diffusion matrix at ``diffusion_sigma`` (cached)."""
+    def diffusion_spectrum(self, progress: Progress | None = None, data: EmbeddingSet | None = None) -> torch.Tensor:
+        """Eigenvalues of the diffusion matrix at the diffusion sigma (cached)."""
+        data = self._data(data)
+
         def compute():
             if progress is not None:
                 progress.update(0, 1, "Eigenvalues of the diffusion matrix")
-            return diffusion_eigenvalues(self._data().X[self._dse_rows()].double(), self.diffusion_sigma)
-        return self._cached("diffusion", (self.dse_sigma, self.approx_above, self.seed), compute)
+            return diffusion_eigenvalues(data.X[self._dse_rows(data)].double(), self._diffusion_sigma(data))
+        return self._cached("diffusion", (self.dse_sigma, self.approx_above, self.seed), compute, data)
+
+    def _dsmi_spectra(self, progress: Progress | None = None) -> list[tuple[float, torch.Tensor, list[torch.Tensor]]]:
+        """Per class with >= 2 members: (share of rows, diffusion eigenvalues within the class, those of
+        ``DSMI_REPEATS`` seeded random subsets of the same size). The draws follow
+        :func:`explorer.kernels.diversity.diffusion_spectral_mutual_information` exactly, so DSMI at any
+        t is a cheap read and equals the kernel's value (tested)."""
+        data = self._data()
+
+        def compute():
+            rows = self._dse_rows()
+            X, sigma = data.X[rows].double(), self._diffusion_sigma()
+            labels = np.asarray([data.labels[i] for i in rows])
+            gen, parts = torch.Generator().manual_seed(self.seed), []
+            classes = np.unique(labels)
+            for done, value in enumerate(classes):
+                if progress is not None:
+                    progress.update(done, len(classes), f"Diffusion spectra for DSMI: class {value}")
+                members = torch.from_numpy(np.flatnonzero(labels == value))
+                if len(members) < 2:
+                    continue
+                within = diffusion_eigenvalues(X[members], sigma)
+                random_sets = [diffusion_eigenvalues(X[torch.randperm(X.shape[0], generator=gen)[:len(members)]], sigma)
+                               for _ in range(DSMI_REPEATS)]
+                parts.append((len(members) / X.shape[0], within, random_sets))
+            return parts
+        return self._cached("dsmi", (self.dse_sigma, self.approx_above, self.seed), compute)
 
     def dsmi(self, progress: Progress | None = None) -> float | None:
-        """DSMI with the labels in bits (None without labels); cached per (sigma, t)."""
-        data = self._data()
-        if data.labels is None:
+        """DSMI with the labels in bits at the current t (None without labels), from cached spectra."""
+        if self._data().labels is None:
             return None
-        def compute():
-            if progress is not None:
-                progress.update(0, 1, "Diffusion spectral mutual information with the labels")
-            rows = self._dse_rows()
-            return diffusion_spectral_mutual_information(data.X[rows].double(), [data.labels[i] for i in rows],
-                                                         self.diffusion_sigma, self.t, seed=self.seed)
-        return self._cached("dsmi", (self.dse_sigma, self.t, self.approx_above, self.seed), compute)
+        t = self.t
+        return float(sum(share * (np.mean([dse_from_eigenvalues(e, t) for e in random_sets])
+                                  - dse_from_eigenvalues(within, t))
+                         for share, within, random_sets in self._dsmi_spectra(progress)))
 
     def compute(self, progress: Progress | None = None) -> "DiversityAnalysis":
         """Everything expensive, for a background job; later reads are cache hits."""
-        steps = [self.spectrum, self.diffusion_spectrum, self.dsmi, self.subsample_curve, self.group_scores]
+        steps = [self.spectrum, self.diffusion_spectrum, self.dsmi, self.subsample_curve, self.group_scores,
+                 lambda progress: self.projection()]
+        if self.layers:
+            steps.append(self._depth_spectra)
         for done, step in enumerate(steps):
             if progress is not None:
                 progress.update(done, len(steps))
@@ -174,10 +300,11 @@ class DiversityAnalysis(param.Parameterized):
         """Spectra of 5 seeded random subsets per size in :meth:`subsample_sizes` (cached; any q reads them)."""
         def compute():
             data, gen, spectra = self._data(), torch.Generator().manual_seed(self.seed), []
+            X = self._features()
             for done, size in enumerate(self.subsample_sizes()):
                 if progress is not None:
                     progress.update(done, len(self.subsample_sizes()), f"Vendi of seeded subsamples of {size}")
-                spectra.append([kernel_spectrum(data.X[torch.randperm(data.n, generator=gen)[:size]].double(),
+                spectra.append([kernel_spectrum(X[torch.randperm(data.n, generator=gen)[:size]].double(),
                                                 kernel=self._kernel_function(), sigma=self.rbf_sigma, method="exact")
                                 for _ in range(5)])
             return spectra
@@ -190,12 +317,13 @@ class DiversityAnalysis(param.Parameterized):
 
     def _group_spectra(self, progress: Progress | None = None) -> dict:
         data = self._data()
+
         def compute():
             if progress is not None:
                 progress.update(0, 1, "Spectra within each group")
             labels = np.asarray(data.labels)
-            groups = sorted(set(data.labels), key=str)
-            return {group: kernel_spectrum(data.X[torch.from_numpy(np.flatnonzero(labels == group))].double(),
+            groups, X = sorted(set(data.labels), key=str), self._features()
+            return {group: kernel_spectrum(X[torch.from_numpy(np.flatnonzero(labels == group))].double(),
                                            kernel=self._kernel_function(), sigma=self.rbf_sigma, method=self.method,
                                            landmarks=self.landmarks, approx_above=self.approx_above)
                     for group in groups}
@@ -207,9 +335,11 @@ class DiversityAnalysis(param.Parameterized):
         return pd.DataFrame({"group": list(spectra), "n": [spec.n for spec in spectra.values()],
                              "vendi": [spec.vendi(self.q) for spec in spectra.values()]})
 
-    def projection(self, max_points: int = 20000) -> pd.DataFrame:
-        """First two principal components, with group and text for hover."""
+    def projection(self, max_points: int | None = None) -> pd.DataFrame:
+        """First two principal components of every row (or a seeded ``max_points`` of them), with the
+        group and the text (or "row i") for hover."""
         data = self._data()
+
         def compute():
             X = data.X.double()
             X = X - X.mean(0)
@@ -217,11 +347,34 @@ class DiversityAnalysis(param.Parameterized):
             xy = (X @ V).numpy()
             if xy.shape[1] == 1:
                 xy = np.column_stack([xy, np.zeros(len(xy))])
-            frame = pd.DataFrame({"pc1": xy[:, 0], "pc2": xy[:, 1],
-                                  "group": data.labels if data.labels is not None else ["all"] * data.n,
-                                  "text": data.texts if data.texts is not None else [f"row {i}" for i in range(data.n)]})
-            return frame.sample(max_points, random_state=0) if len(frame) > max_points else frame
-        return self._cached("projection", (), compute)
+            return pd.DataFrame({"pc1": xy[:, 0], "pc2": xy[:, 1],
+                                 "group": data.labels if data.labels is not None else ["all"] * data.n,
+                                 "text": data.texts if data.texts is not None else [f"row {i}" for i in range(data.n)]})
+        frame = self._cached("projection", (), compute)
+        return frame.sample(max_points, random_state=0) if max_points and len(frame) > max_points else frame
+
+    # ------------------------------------------------------------------------------- depth
+    def _depth_spectra(self, progress: Progress | None = None) -> list[tuple[Spectrum, torch.Tensor]]:
+        """(kernel spectrum, diffusion eigenvalues) of every layer, each at its own median sigma when
+        sigma is 0 (hidden-state scales grow with depth); cached per kernel and DSE settings."""
+        def compute():
+            spectra = []
+            for done, data in enumerate(self.layers):
+                if progress is not None:
+                    progress.update(done, len(self.layers), f"Spectra of layer {done} of {len(self.layers) - 1}")
+                spectra.append((self.spectrum(data=data), self.diffusion_spectrum(data=data)))
+            return spectra
+        if not self.layers:
+            raise InputError("The per-layer profile needs hidden states: choose the hidden-states source.")
+        keys = self._kernel_keys() + (self.dse_sigma, tuple(id(s) for s in self.layers))
+        return self._cached("depth", keys, compute, self.layers[0])
+
+    def depth_profile(self, progress: Progress | None = None) -> pd.DataFrame:
+        """Per layer: Vendi_q, its Renyi entropy log2 Vendi_q and DSE_t, both in bits."""
+        spectra = self._depth_spectra(progress)
+        vendi = np.array([spec.vendi(self.q) for spec, _ in spectra])
+        return pd.DataFrame({"layer": np.arange(len(spectra)), "vendi": vendi, "renyi_bits": np.log2(vendi),
+                             "dse_bits": [dse_from_eigenvalues(eig, self.t) for _, eig in spectra]})
 
 
 def comparison_frame(first: DiversityAnalysis, second: DiversityAnalysis) -> pd.DataFrame:

@@ -6,15 +6,19 @@ them. :class:`RunResults` reads a stored run back as pandas DataFrames (cached):
 questions x temperatures matrix U of any measure, the TSU table (every pair and the full chain)
 and AUROC / PRR per measure.
 
-Offline choices, stated in the page: semantic equivalence is embedding cosine >= threshold with
-all-MiniLM-L6-v2 (not NLI); Inv-Entropy perturbations are paraphrases written by the model itself;
-MSP uses the most probable sampled answer (no separate greedy decode).
+Semantic equivalence is bidirectional entailment by an NLI model (``nli_model``, a Hugging Face id or
+a local directory) when it can be loaded; otherwise, and when none is named, embedding cosine >=
+threshold with all-MiniLM-L6-v2. The run records which one it used (``RunResults.equivalence``) and
+the page shows it. Inv-Entropy perturbations are paraphrases written by the model itself; MSP uses
+the most probable sampled answer (no separate greedy decode). :class:`RunComparison` puts two
+stored runs side by side; :func:`export_run` returns a run as a zip of Parquet files.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from functools import cached_property
 
 import numpy as np
@@ -59,7 +63,7 @@ class TemperatureStudy(param.Parameterized):
     """Settings of one run; ``run`` does the work and returns the run id."""
 
     model_name = param.String(default="", label="Model", doc="Hugging Face id or local path; empty: SmolLM2-135M-Instruct.")
-    questions_path = param.String(default=str(DEFAULT_QUESTIONS), label="Question file")
+    questions_path = param.String(default=str(DEFAULT_QUESTIONS), label="Question set (file, folder or hf:owner/name)")
     max_questions = param.Integer(default=5, bounds=(1, None), label="Questions", doc="First N questions of the file.")
     temperatures = param.List(default=[0.3, 0.7, 1.0, 1.4], item_type=float, doc="Ascending temperatures.")
     n_samples = param.Integer(default=10, bounds=(1, 200), label="Samples per question (N)")
@@ -67,6 +71,9 @@ class TemperatureStudy(param.Parameterized):
     seed = param.Integer(default=0, bounds=(0, None))
     batch_questions = param.Integer(default=4, bounds=(1, 64), label="Questions per generate call")
     equivalence_threshold = param.Number(default=0.85, bounds=(0.0, 1.0), label="Same meaning when cosine >=")
+    nli_model = param.String(default="", label="NLI model (empty: cosine)",
+                             doc="Hugging Face id or local path of an NLI model: answers mean the same when each "
+                                 "entails the other. Empty, or not loadable (offline): embedding cosine >= threshold.")
     correctness = param.Selector(default="contains", objects=["contains", "exact", "embedding"],
                                  doc="Normalised match (alias contained / exact) or embedding cosine >= threshold.")
     correctness_threshold = param.Number(default=0.8, bounds=(0.0, 1.0))
@@ -102,8 +109,13 @@ class TemperatureStudy(param.Parameterized):
     def from_settings(cls, settings: dict, db_path: str) -> "TemperatureStudy":
         return cls(**{k: v for k, v in settings.items() if k in cls.param}, db_path=db_path)
 
-    def run(self, progress: Progress | None = None, run_id: str | None = None, lm=None) -> str:
-        """Sample every batch not yet stored, then compute and store the measures. Resumes ``run_id``."""
+    def run(self, progress: Progress | None = None, run_id: str | None = None, lm=None,
+            on_start: Callable[[str], None] | None = None) -> str:
+        """Sample every batch not yet stored, then compute and store the measures. Resumes ``run_id``.
+
+        ``on_start(run_id)`` is called once the run exists in the store (before any sampling), so a
+        caller can tell the user which run to resume after a crash.
+        """
         temps = self.validate()
         store = ResultsStore(self.db_path)
         try:
@@ -115,6 +127,8 @@ class TemperatureStudy(param.Parameterized):
                 lm = lm or _model_for(store.run(run_id)["settings"])
             questions = store.questions(run_id)
             store.set_status(run_id, "running")
+            if on_start is not None:
+                on_start(run_id)
             try:
                 _Runner(self, store, run_id, lm, questions, temps, progress).sample_all()
                 compute_measures(self, store, run_id, lm, progress)
@@ -127,14 +141,15 @@ class TemperatureStudy(param.Parameterized):
             store.close()
 
 
-def resume_run(db_path: str, run_id: str, progress: Progress | None = None, lm=None) -> str:
+def resume_run(db_path: str, run_id: str, progress: Progress | None = None, lm=None,
+               on_start: Callable[[str], None] | None = None) -> str:
     """Finish a stopped or crashed run with its stored settings (finished batches are skipped)."""
     store = ResultsStore(db_path)
     try:
         settings = store.run(run_id)["settings"]
     finally:
         store.close()
-    return TemperatureStudy.from_settings(settings, db_path).run(progress, run_id=run_id, lm=lm)
+    return TemperatureStudy.from_settings(settings, db_path).run(progress, run_id=run_id, lm=lm, on_start=on_start)
 
 
 def _model_for(settings: dict):
@@ -168,7 +183,7 @@ class _Runner:
         samples = sample_answers(self.lm, [p for _, _, p in prompts], temperature, n, self.s.max_new_tokens, seed)
         frame = pd.DataFrame([_row(kind, temperature, prompts[x.prompt_index], x) for x in samples], columns=SAMPLE_COLUMNS)
         self.store.add_batch(self.run_id, key, frame)
-        self._tick(len(samples), f"{kind} answers at T={temperature:g}: batch {key}")
+        self._tick(len(samples), f"stored batch {key} ({kind} answers at T={temperature:g})")
 
     def sample_all(self) -> None:
         s = self.s
@@ -215,15 +230,19 @@ def _padded(rows) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def answer_measures(texts: list[str], token_lp, token_ent, embeddings: torch.Tensor, threshold: float,
-                    mapping: str) -> dict[str, float]:
-    """Every sample-based measure of one question at one temperature (N answers)."""
+                    mapping: str, equivalence: torch.Tensor | None = None) -> dict[str, float]:
+    """Every sample-based measure of one question at one temperature (N answers).
+
+    Semantic classes come from ``equivalence`` (N x N booleans, e.g. NLI bidirectional entailment)
+    when given, else from embedding cosine >= ``threshold``; the graph measures use the embeddings.
+    """
     lp, mask = _padded(token_lp)
     ent, _ = _padded(token_ent)
     seq_lp = unc.sequence_log_prob(lp, mask)
     lengths = mask.sum(-1)
     cos = (embeddings @ embeddings.T).double().clamp(-1, 1)
     sim = unc.cosine_to_similarity(cos, mapping)
-    ids = unc.semantic_clusters(cos, threshold)
+    ids = unc.semantic_clusters(equivalence) if equivalence is not None else unc.semantic_clusters(cos, threshold)
     out = {
         "msp": float(-seq_lp.max()), "mean_token_entropy": float(unc.mean_token_entropy(ent, mask).mean()),
         "mc_entropy": float(unc.mc_sequence_entropy(seq_lp)),
@@ -262,11 +281,49 @@ def p_true_scores(lm, questions: list[str], answers: list[str]) -> list[float]:
     return unc.p_true_uncertainty(log_probs(lm.next_token_logits(prompts)), token_a).tolist()
 
 
+class Equivalence:
+    """How answers are grouped into meaning classes: NLI bidirectional entailment when ``nli_model``
+    names a model that loads, else embedding cosine >= ``threshold``. A model that cannot be had
+    (offline and not cached, unknown id) falls back to cosine and says why in ``description``."""
+
+    def __init__(self, nli_model: str = "", threshold: float = 0.85, embedder=None):
+        from explorer.models.nli import load_nli_model
+
+        self.threshold, self.nli, self.fallback_reason = float(threshold), None, ""
+        self._embedder = embedder
+        if (nli_model or "").strip():
+            try:
+                self.nli = load_nli_model(nli_model.strip())
+            except InputError as err:
+                self.fallback_reason = str(err)
+
+    @property
+    def method(self) -> str:
+        return "nli" if self.nli is not None else "cosine"
+
+    @property
+    def description(self) -> str:
+        if self.nli is not None:
+            return f"NLI bidirectional entailment with {self.nli.name}"
+        text = f"embedding cosine >= {self.threshold:g} with all-MiniLM-L6-v2 (offline fallback, not NLI)"
+        return text + (f"; the NLI model could not be used: {self.fallback_reason}" if self.fallback_reason else "")
+
+    def matrix(self, question: str, texts: list[str], embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """N x N boolean: [a, b] when answers a and b mean the same."""
+        if self.nli is not None:
+            return self.nli.equivalence(texts, question)
+        if embeddings is None:
+            embeddings = self._embedder.encode([x or " " for x in texts])
+        return (embeddings @ embeddings.T).double().clamp(-1, 1) >= self.threshold
+
+
 def compute_measures(study: TemperatureStudy, store: ResultsStore, run_id: str, lm, progress: Progress | None = None) -> pd.DataFrame:
     """Score every (question, temperature) of a sampled run and store the measures (long format)."""
     from explorer.models.embedder import load_embedder
 
     embedder = load_embedder()
+    equivalence = Equivalence(study.nli_model, study.equivalence_threshold, embedder)
+    store.update_settings(run_id, equivalence=equivalence.description, equivalence_method=equivalence.method)
     questions = store.questions(run_id)
     samples = store.samples(run_id)
     answers = samples[samples.kind == "answer"]
@@ -275,8 +332,9 @@ def compute_measures(study: TemperatureStudy, store: ResultsStore, run_id: str, 
     for k, ((qi, t), group) in enumerate(groups):
         texts = group["text"].tolist()
         emb = embedder.encode([x or " " for x in texts])
+        same = equivalence.matrix(questions["question"].iloc[qi], texts, emb) if equivalence.nli is not None else None
         values = answer_measures(texts, group["token_log_probs"], group["token_entropies"], emb,
-                                 study.equivalence_threshold, study.similarity_mapping)
+                                 study.equivalence_threshold, study.similarity_mapping, same)
         best = texts[int(np.argmax([sum(r) for r in group["token_log_probs"]]))]
         aliases = questions["answers"].iloc[qi]
         if aliases:
@@ -328,6 +386,25 @@ class RunResults:
             store.close()
         self.run_id = run_id
         self.temperatures = [float(t) for t in self.info["settings"]["temperatures"]]
+
+    @property
+    def equivalence(self) -> str:
+        """How this run's answers were grouped into meaning classes (recorded when measures were computed)."""
+        settings = self.info["settings"]
+        return settings.get("equivalence") or (f"embedding cosine >= {settings.get('equivalence_threshold', 0.85):g} "
+                                               "with all-MiniLM-L6-v2 (offline fallback, not NLI)")
+
+    @property
+    def label(self) -> str:
+        s = self.info["settings"]
+        return (f"{self.run_id} · {self.info['model']} · N={s.get('n_samples')} · "
+                f"T={', '.join(f'{t:g}' for t in self.temperatures)}")
+
+    def mean_curve(self, measure: str) -> pd.DataFrame:
+        """Mean and standard deviation over questions of one measure per temperature."""
+        u = self.u_matrix(measure)
+        return pd.DataFrame({"temperature": u.columns.to_numpy(dtype=float), "mean": u.mean().to_numpy(),
+                             "sd": u.std(ddof=0).to_numpy(), "questions": u.notna().sum().to_numpy()})
 
     @property
     def measure_names(self) -> list[str]:
@@ -387,6 +464,49 @@ def list_runs(db_path: str) -> pd.DataFrame:
         store.close()
 
 
+def export_run(db_path: str, run_id: str) -> bytes:
+    """A stored run as a zip of three Parquet files (questions, samples, measures)."""
+    store = ResultsStore(db_path)
+    try:
+        return store.export_parquet_zip(run_id)
+    finally:
+        store.close()
+
+
+class RunComparison:
+    """Two stored runs side by side (A and B): settings, mean curves per measure, TSU per measure."""
+
+    def __init__(self, first: RunResults, second: RunResults):
+        self.runs = {"A": first, "B": second}
+
+    @cached_property
+    def overview(self) -> pd.DataFrame:
+        """One row per run: id, model, status, questions, N, temperatures, equivalence."""
+        return pd.DataFrame([dict(run=key, run_id=r.run_id, model=r.info["model"], status=r.info["status"],
+                                  questions=len(r.questions), n_samples=r.info["settings"].get("n_samples"),
+                                  temperatures=", ".join(f"{t:g}" for t in r.temperatures), equivalence=r.equivalence)
+                             for key, r in self.runs.items()]).set_index("run")
+
+    @property
+    def measure_names(self) -> list[str]:
+        """Measures present in both runs."""
+        second = set(self.runs["B"].measure_names)
+        return [m for m in self.runs["A"].measure_names if m in second]
+
+    def mean_curves(self, measure: str | None = None) -> pd.DataFrame:
+        """Long table run, measure, temperature, mean, sd, questions (one measure or every common one)."""
+        names = [measure] if measure is not None else self.measure_names
+        parts = [r.mean_curve(m).assign(run=key, measure=m) for m in names for key, r in self.runs.items()
+                 if m in r.measure_names]
+        columns = ["run", "measure", "temperature", "mean", "sd", "questions"]
+        return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
+
+    @cached_property
+    def tsu(self) -> pd.DataFrame:
+        """TSU per measure (rows), each run's pairs and chain as columns "A: TSU(...)", "B: TSU(...)"."""
+        return pd.concat([r.tsu_table.add_prefix(f"{key}: ") for key, r in self.runs.items()], axis=1)
+
+
 class QuestionDetail:
     """Drill-down of one question of a stored run: its samples with their semantic clusters, and the
     Inv-Entropy similarity matrices of one draw (the first replicate of each input)."""
@@ -397,16 +517,17 @@ class QuestionDetail:
         self.results, self.question_index = results, question_index
         self.settings = results.info["settings"]
         self._embedder = load_embedder()
+        nli = self.settings.get("nli_model", "") if self.settings.get("equivalence_method") == "nli" else ""
+        self.equivalence = Equivalence(nli, self.settings.get("equivalence_threshold", 0.85), self._embedder)
 
     @cached_property
     def answers(self) -> pd.DataFrame:
         """Every answer with its temperature, semantic cluster, sequence log-probability and length."""
         table = self.results.question_samples(self.question_index)
         parts = []
+        question = self.results.questions["question"].iloc[self.question_index]
         for _, group in table.groupby("temperature", sort=True):
-            cos = (self._embedder.encode([x or " " for x in group["text"]]) @
-                   self._embedder.encode([x or " " for x in group["text"]]).T).double()
-            ids = unc.semantic_clusters(cos, self.settings.get("equivalence_threshold", 0.85))
+            ids = unc.semantic_clusters(self.equivalence.matrix(question, group["text"].tolist()))
             parts.append(group.assign(cluster=ids.tolist(), log_prob=group["token_log_probs"].map(sum),
                                       tokens=group["token_ids"].map(len)))
         if not parts:

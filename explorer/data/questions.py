@@ -2,7 +2,11 @@
 
 ``data/questions.csv`` (written for this project: 103 short factual questions, easy to hard, with
 reference answers; aliases separated by ``|``). Users may load their own CSV, JSONL or Parquet
-file with a question column and an optional answer column.
+file with a question column and an optional answer column, or a Hugging Face dataset
+(``hf:owner/name``, see :mod:`explorer.data.hub_datasets`; a local folder laid out like one works
+too). In a dataset the question and answer columns are found by name when the defaults are absent,
+answers may be strings, lists of aliases or records (``{"value", "aliases"}``, ``{"text": [...]}``),
+and repeated questions are kept once.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from explorer.data.hub_datasets import dataset_file, is_dataset_source
 from explorer.errors import InputError
 
 DEFAULT_QUESTIONS = Path(__file__).resolve().parents[2] / "data" / "questions.csv"
@@ -23,6 +28,8 @@ READERS = {
     ".jsonl": lambda src: pd.read_json(src, lines=True, dtype=False),
     ".parquet": pd.read_parquet,
 }
+QUESTION_COLUMNS = ("question", "query", "prompt", "input", "problem")
+ANSWER_COLUMNS = ("answer", "answers", "target", "reference", "output")
 
 
 def _read(source, name: str) -> pd.DataFrame:
@@ -45,6 +52,12 @@ def load_questions(source: str | Path | bytes | None = None, name: str | None = 
     if isinstance(source, (bytes, bytearray)):
         name = name or "upload"
         table = _read(io.BytesIO(source), name)
+    elif is_dataset_source(source):
+        path, name = dataset_file(str(source))
+        table = _read(path, name)
+        question_column = _column(table, question_column, QUESTION_COLUMNS, name, "question")
+        answer_column = _column(table, answer_column, ANSWER_COLUMNS, name, None) if answer_column else None
+        table = table.loc[~table[question_column].astype(str).str.strip().duplicated()]
     else:
         path = Path(source or DEFAULT_QUESTIONS)
         name = path.name
@@ -52,6 +65,17 @@ def load_questions(source: str | Path | bytes | None = None, name: str | None = 
             raise InputError(f"Question file not found: {path}")
         table = _read(path, name)
     return _checked(table, name, question_column, answer_column)
+
+
+def _column(table: pd.DataFrame, wanted: str | None, candidates: tuple[str, ...], name: str, required: str | None):
+    """``wanted`` if the table has it, else the first of ``candidates`` it has (None if optional and absent)."""
+    if wanted in table.columns:
+        return wanted
+    found = next((c for c in candidates if c in table.columns), None)
+    if found is None and required:
+        raise InputError(f"{name} has no {required} column (looked for {wanted!r} and {list(candidates)}); "
+                         f"its columns are {list(table.columns)}.")
+    return found
 
 
 def _checked(table: pd.DataFrame, name: str, question_column: str, answer_column: str | None) -> pd.DataFrame:
@@ -73,9 +97,18 @@ def _checked(table: pd.DataFrame, name: str, question_column: str, answer_column
 
 
 def _aliases(value) -> list[str]:
+    """Reference answers from a cell: "a|b", a list / array of strings, or a record holding them
+    (``value`` and ``aliases`` as in TriviaQA, ``text`` as in SQuAD)."""
     if value is None or (isinstance(value, float) and value != value):
         return []
-    return [a.strip() for a in str(value).split(ALIAS_SEPARATOR) if a.strip()]
+    if isinstance(value, dict):
+        parts = [value.get(k) for k in ("value", "aliases", "text", "answer") if value.get(k) is not None]
+        return list(dict.fromkeys(a for part in parts for a in _aliases(part)))
+    if isinstance(value, str):
+        return [a.strip() for a in value.split(ALIAS_SEPARATOR) if a.strip()]
+    if hasattr(value, "__iter__"):
+        return list(dict.fromkeys(a for item in value for a in _aliases(item)))
+    return _aliases(str(value))
 
 
 def normalize_answer(text: str) -> str:

@@ -1,15 +1,20 @@
 """Results store: one embedded DuckDB file holding runs, their questions, every sample and measure.
 
 A run is written batch by batch: a batch's samples and its row in ``batches`` are committed in one
-transaction, so a crash or a stop keeps every finished batch and a resumed run skips them.
+transaction, so a crash or a stop keeps every finished batch and a resumed run skips them. A process
+killed outright (SIGKILL, power loss) leaves its committed transactions in DuckDB's write-ahead log
+(``<file>.wal``); the next open replays it. A file another process holds is reported as locked.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import tempfile
 import threading
 import uuid
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -79,6 +84,12 @@ class ResultsStore:
     def set_status(self, run_id: str, status: str) -> None:
         with self._lock:
             self._con.execute("UPDATE runs SET status = ? WHERE run_id = ?", (status, run_id))
+
+    def update_settings(self, run_id: str, **values) -> None:
+        """Add or replace entries of a run's stored settings (e.g. the equivalence actually used)."""
+        settings = {**self.run(run_id)["settings"], **values}
+        with self._lock:
+            self._con.execute("UPDATE runs SET settings = ? WHERE run_id = ?", (json.dumps(settings), run_id))
 
     def runs(self) -> pd.DataFrame:
         """Every run with its settings and the number of stored answers, newest first."""
@@ -155,3 +166,13 @@ class ResultsStore:
                 .to_parquet(path)
             paths.append(path)
         return paths
+
+    def export_parquet_zip(self, run_id: str) -> bytes:
+        """The run's three Parquet files (questions, samples, measures) in one zip archive, as bytes."""
+        self.run(run_id)   # unknown run: InputError
+        buffer = io.BytesIO()
+        with tempfile.TemporaryDirectory(prefix="export-") as folder, \
+                zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+            for path in self.export_parquet(run_id, folder):
+                archive.write(path, arcname=path.name)
+        return buffer.getvalue()

@@ -1,34 +1,49 @@
-"""The diversity page: Vendi score of any order, its spectrum, DSE and DSMI, on bundled or uploaded data.
+"""The diversity page: Vendi score of any order, its spectrum, DSE and DSMI, on bundled, uploaded or
+hidden-state data, alone or beside a second data set.
 
 A thin view over :class:`explorer.analyses.diversity.DiversityAnalysis`: widgets come from its
-parameters; loading data and computing spectra run in a :class:`BackgroundTask`; moving q or t only
-re-reads the cached spectra.
+parameters, loading data and computing spectra run in a :class:`BackgroundTask` off the event loop,
+and the page only ever reads cached results (``analysis.reading()``). The curves are Bokeh figures
+built once, over ColumnDataSources the page owns: new results refill them, and a q or t move sets
+only the data that depends on it (the q marker, the subsample, group and depth curves, the t marker,
+the cards) in one held document update; no model is created, so Bokeh never recomputes the model
+graph and HoloViews never re-renders. The PCA projection (HoloViews, rasterised with datashader
+above ``hover_points``) is rebuilt only when new results arrive.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import html
+import io
 import math
 
 import holoviews as hv
+import holoviews.plotting.bokeh  # noqa: F401 - registers the Bokeh backend (hv.extension would reset session hooks)
 import pandas as pd
 import panel as pn
 import param
+from bokeh.models import ColumnDataSource, FactorRange, HoverTool, FixedTicker, LogTicker, Range1d, Span
+from bokeh.plotting import figure
 
-from explorer.analyses.diversity import DiversityAnalysis, comparison_frame
+from explorer.analyses.diversity import CURVE_Q, DiversityAnalysis, NotComputed
 from explorer.data.embeddings import BUNDLED, load_embedding_file
 from explorer.errors import InputError
 from explorer.views.task import BackgroundTask
 
-hv.extension("bokeh", logo=False)
-
+HIDDEN = "Hidden states of SmolLM2-135M (texts, per layer)"
 UPLOAD = "Uploaded file"
 NO_COMPARISON = "(no comparison)"
-KERNEL_SETTINGS = ("kernel", "sigma", "degree", "dse_sigma", "method", "approx_above", "landmarks", "seed")
-PLOT = dict(height=290, width=350, show_grid=True, tools=["hover"], toolbar="right", shared_axes=False)
-MAX_POINTS = 5000
+SECOND_UPLOAD = "Second uploaded file"
+KERNEL_SETTINGS = ("kernel", "sigma", "degree", "center", "dse_sigma", "method", "approx_above", "landmarks", "seed")
+RESULTS_WIDTH = 740
+HOVER_POINTS = 5000  # projections with more points are rasterised (datashader); fewer keep per-point hover
+MAX_CATEGORIES = 20  # more groups than this are rasterised as plain counts
 TEAL, AMBER = "#0f766e", "#b45309"
+PALETTE = ["#0f766e", "#b45309", "#6d28d9", "#be123c", "#1d4ed8", "#4d7c0f", "#a16207", "#0e7490", "#9d174d",
+           "#374151"]
+LOG_TICKS = [m * 10.0**e for e in range(-16, 8) for m in (1, 2, 5)]
 CARD_CSS = ("display:inline-block;padding:6px 12px;border:1px solid #e5e7eb;border-radius:8px;margin:0 8px 8px 0;"
             "vertical-align:top;min-width:110px")
 
@@ -47,216 +62,407 @@ def _card(key: str, title: str, value, note: str = "") -> str:
             f"{html.escape(_format(value))}</div><div style='font-size:11px;color:#6b7280'>{html.escape(note)}</div></div>")
 
 
+def cards_html(s: dict, notes: list[str], prefix: str = "", tag: str = "") -> str:
+    """One row of score cards for the scores ``s`` of one analysis; ``prefix`` keeps B's classes apart."""
+    exactness = "exact" if s["exact"] else f"approximate ({s['spectrum']}, est. error {s['estimated_error']:.1%})"
+    dse_note = f"bits, t = {s['t']:g}, σ = {s['dse_sigma']:.3g}" + \
+        ("" if s["dse_rows"] == s["n"] else f", seeded subsample of {s['dse_rows']}")
+    cards = [
+        _card(prefix + "vendi", f"Vendi (q = {_format(s['q'])})", s["vendi"], exactness),
+        _card(prefix + "rke", "RKE (Vendi q = 2)", s["rke"], s["kernel"] + " kernel"),
+        _card(prefix + "renyi", f"Rényi entropy (α = {_format(s['q'])})", s["renyi_bits"], "bits"),
+        _card(prefix + "effective-rank", "Effective rank", s["effective_rank"], "of the kernel features"),
+        _card(prefix + "dse", "DSE", s["dse_bits"], dse_note),
+        _card(prefix + "dsmi", "DSMI with groups", s["dsmi_bits"], "bits" if s["dsmi_bits"] is not None else "no labels"),
+        _card(prefix + "n", "Samples", s["n"], f"{s['dim']} dimensions"),
+    ]
+    note = "; ".join(notes)
+    colour = AMBER if prefix else TEAL
+    header = (f"<div class='dv-summary{' dv-summary-b' if prefix else ''}'>"
+              f"{f'<span style=color:{colour};font-weight:700>{tag}</span> ' if tag else ''}"
+              f"<b>{html.escape(s['dataset'])}</b>{' — ' + html.escape(note) if note else ''}</div>")
+    return f"<div class='dv-cardrow{' dv-cards-b' if prefix else ''}'>" + header + "".join(cards) + "</div>"
+
+
+def _fit(axis_range: Range1d, low: float, high: float, pad_low: bool = True) -> None:
+    """Set a range to [low, high] plus 5 % padding (server-side, so the browser draws once)."""
+    pad = 0.05 * (high - low) if high > low else 0.5
+    axis_range.start, axis_range.end = float(low - pad if pad_low else low), float(high + pad)
+
+
+def _figure(title: str, x_label: str, y_label: str, width: int = 360, height: int = 290, **kwargs):
+    fig = figure(title=title, width=width, height=height, x_axis_label=x_label, y_axis_label=y_label,
+                 tools="pan,wheel_zoom,box_zoom,reset,save", toolbar_location="right", **kwargs)
+    fig.title.text_font_size = "12px"
+    fig.toolbar.logo = None
+    for axis, kind in ((fig.xaxis, kwargs.get("x_axis_type")), (fig.yaxis, kwargs.get("y_axis_type"))):
+        if kind == "log":  # 1-2-5 ticks: Bokeh's own crowd their labels on short log ranges
+            axis.ticker = FixedTicker(ticks=LOG_TICKS, minor_ticks=[])
+    return fig
+
+
 class DiversityExplorer(pn.viewable.Viewer):
     """Diversity of a set of embeddings. ``DiversityExplorer()`` renders the page with the bundled
     text set; pass ``analysis=DiversityAnalysis(dataset=...)`` to study your own data from code."""
 
     analysis = param.ClassSelector(class_=DiversityAnalysis)
-    source = param.Selector(objects=list(BUNDLED) + [UPLOAD], default=list(BUNDLED)[0], label="Data")
-    compare_with = param.Selector(objects=[NO_COMPARISON] + list(BUNDLED), default=NO_COMPARISON,
-                                  label="Compare with")
-    results = param.Integer(default=0, doc="Bumped when new results are ready: plots re-read the caches.")
+    source = param.Selector(objects=list(BUNDLED) + [HIDDEN, UPLOAD], default=list(BUNDLED)[0], label="Data")
+    compare_with = param.Selector(objects=[NO_COMPARISON] + list(BUNDLED) + [SECOND_UPLOAD], default=NO_COMPARISON,
+                                  label="Compare with (B)")
+    hover_points = param.Integer(default=HOVER_POINTS, bounds=(0, None),
+                                 doc="Projections of more points are rasterised; fewer show each sample on hover.")
+    results = param.Integer(default=0, doc="Bumped when a job ends: the plots are rebuilt from the caches.")
 
     def __init__(self, **params):
         given = "analysis" in params
         params.setdefault("analysis", DiversityAnalysis())
         super().__init__(**params)
         self.task = BackgroundTask()
-        self.other = None
-        self._upload = pn.widgets.FileInput(accept=".npy,.npz,.csv,.parquet", name="Embeddings file",
+        self.other: DiversityAnalysis | None = None
+        self._pending = None
+        self._quiet_depth = 0
+        a = self.analysis
+        self._upload = pn.widgets.FileInput(accept=".npy,.npz,.csv,.parquet", label="Embeddings file",
                                             css_classes=["dv-upload"])
+        self._upload_b = pn.widgets.FileInput(accept=".npy,.npz,.csv,.parquet", label="Second file (B)",
+                                              css_classes=["dv-upload-b"])
         self._upload.param.watch(self._on_upload, "value")
+        self._upload_b.param.watch(self._on_upload_b, "value")
         self._download = pn.widgets.FileDownload(callback=self._scores_csv, filename="diversity_scores.csv",
-                                                 label="Export scores (CSV)", button_type="primary", width=260)
+                                                 label="Export scores (CSV)", color="primary", width=260)
+        self._layer = pn.widgets.IntSlider.from_param(a.param.layer, start=0, end=max(len(a.layers) - 1, 1),
+                                                      visible=bool(a.layers), css_classes=["dv-layer"])
+        self._cards = pn.pane.HTML("<i>Loading data…</i>", width=RESULTS_WIDTH, css_classes=["dv-cards"])
+        self._plots = pn.Column(width=RESULTS_WIDTH + 20, margin=0, css_classes=["dv-plots"])
+        self._shown = False
+        self._build_figures()
         self.param.watch(self._on_source, "source")
         self.param.watch(self._on_compare, "compare_with")
-        self.analysis.param.watch(self._on_settings, list(KERNEL_SETTINGS))
-        self.analysis.param.watch(lambda _e: self._refresh(), ["q", "t"])
-        if given and self.analysis.dataset is not None:
-            pn.state.onload(functools.partial(self._run, self._compute_all, "Computing spectra"))
+        self.param.watch(lambda _e: self._rebuild(), ["results", "hover_points"])
+        a.param.watch(self._on_settings, list(KERNEL_SETTINGS) + ["layer"])
+        a.param.watch(self._on_order, ["q", "t"])
+        self._rebuild()
+        if given and a.dataset is not None:
+            pn.state.onload(lambda: self._launch(self._compute_all, "Computing spectra"))
         else:
-            pn.state.onload(functools.partial(self._run, self._load_source, "Loading data"))
+            pn.state.onload(lambda: self._on_source(None))
 
     # ----------------------------------------------------------------------------- jobs
-    async def _run(self, job, label):
-        await self.task.run(job, lambda _result: self._refresh(), label)
-        self._refresh()
+    @contextlib.contextmanager
+    def _quiet(self):
+        """Parameter changes made by the page itself (after a load) must not start jobs."""
+        self._quiet_depth += 1
+        try:
+            yield
+        finally:
+            self._quiet_depth -= 1
 
-    def _launch(self, job, label):
-        pn.state.execute(functools.partial(self._run, job, label))
+    def _launch(self, job, label, on_loaded=None):
+        """Run ``job`` off the loop; with ``on_loaded`` it is a loader whose result ``on_loaded`` applies
+        on the loop before the spectra are computed. A job asked for while another runs waits for it
+        (only the latest waits: every job computes for the settings current when it starts)."""
+        if self.task.running:
+            self._pending = (job, label, on_loaded)
+            return
+        pn.state.execute(functools.partial(self._run, job, label, on_loaded))
 
-    def _load_source(self, progress):
-        self.analysis.dataset = BUNDLED[self.source](progress=progress)
-        return self._compute_all(progress)
+    async def _run(self, job, label, on_loaded=None):
+        try:
+            if on_loaded is None:
+                self._sync_other()
+                await self.task.run(job, None, label)
+            else:
+                loaded = []
+                await self.task.run(job, loaded.append, label)
+                if loaded:
+                    with self._quiet():
+                        on_loaded(loaded[0])
+                    self._sync_other()
+                    await self.task.run(self._compute_all, None, "Computing spectra")
+        finally:
+            self.results += 1
+            pending, self._pending = self._pending, None
+            if pending is not None:
+                self._launch(*pending)
 
     def _compute_all(self, progress):
         self.analysis.compute(progress)
         if self.other is not None:
-            self._sync_other().compute(progress)
+            self.other.compute(progress)
 
-    def _sync_other(self) -> DiversityAnalysis:
-        settings = {name: getattr(self.analysis, name) for name in KERNEL_SETTINGS + ("q", "t")}
-        self.other.param.update(**settings)
+    def _sync_other(self) -> DiversityAnalysis | None:
+        """B is studied with A's settings (called on the loop)."""
+        if self.other is not None:
+            self.other.param.update(**{name: getattr(self.analysis, name) for name in KERNEL_SETTINGS + ("q", "t")})
         return self.other
 
+    def _set_data(self, data) -> None:
+        """Apply a loaded source: a list is per-layer hidden states (the last layer is studied first)."""
+        a = self.analysis
+        if isinstance(data, list):
+            self._layer.end = len(data) - 1
+            a.param.update(layers=data, layer=len(data) - 1)
+        else:
+            a.param.update(layers=[], layer=0, dataset=data)
+        self._layer.visible = bool(a.layers)
+
+    def _load_job(self, source: str):
+        if source == HIDDEN:
+            from explorer.data.hidden_states import text_set_hidden_states
+
+            return lambda progress: text_set_hidden_states(progress=progress)
+        return lambda progress: BUNDLED[source](progress=progress)
+
     def _on_source(self, _event):
+        if self._quiet_depth:
+            return
         if self.source != UPLOAD:
-            self._launch(self._load_source, f"Loading {self.source}")
+            self._launch(self._load_job(self.source), f"Loading {self.source}", self._set_data)
         elif self._upload.value is None:
             self.task.show_error("Choose an embeddings file (.npy, .npz, .csv or .parquet) to upload.")
 
     def _on_upload(self, _event):
         data, name = self._upload.value, self._upload.filename
-
-        def job(progress):
-            self.analysis.dataset = load_embedding_file(data, name, progress=progress)
-            return self._compute_all(progress)
-        if self.source != UPLOAD:
+        if data is None:
+            return
+        with self._quiet():
             self.source = UPLOAD
-        self._launch(job, f"Loading {name}")
+        self._launch(lambda progress: load_embedding_file(data, name, progress=progress), f"Loading {name}",
+                     self._set_data)
+
+    def _set_other(self, data) -> None:
+        self.other = DiversityAnalysis(dataset=data)
 
     def _on_compare(self, _event):
+        if self._quiet_depth:
+            return
         if self.compare_with == NO_COMPARISON:
             self.other = None
-            self._refresh()
-            return
+            self.results += 1
+        elif self.compare_with == SECOND_UPLOAD:
+            if self._upload_b.value is None:
+                self.task.show_error("Choose a second embeddings file (B) to compare with.")
+            else:
+                self._on_upload_b(None)
+        else:
+            self._launch(self._load_job(self.compare_with), f"Loading {self.compare_with} for comparison",
+                         self._set_other)
 
-        def job(progress):
-            self.other = DiversityAnalysis(dataset=BUNDLED[self.compare_with](progress=progress))
-            return self._compute_all(progress)
-        self._launch(job, f"Loading {self.compare_with} for comparison")
+    def _on_upload_b(self, _event):
+        data, name = self._upload_b.value, self._upload_b.filename
+        if data is None:
+            return
+        with self._quiet():
+            self.compare_with = SECOND_UPLOAD
+        self._launch(lambda progress: load_embedding_file(data, name, progress=progress),
+                     f"Loading {name} for comparison", self._set_other)
 
     def _on_settings(self, _event):
-        if self.analysis.dataset is not None:
+        if not self._quiet_depth and self.analysis.dataset is not None:
             self._launch(self._compute_all, "Computing spectra")
 
-    def _refresh(self):
-        self.results += 1
-
-    def _ready(self) -> bool:
-        return self.analysis.dataset is not None and not self.task.running
-
     def _scores_csv(self):
-        import io
-
-        frames = [self.analysis.scores_frame()] + ([self._sync_other().scores_frame()] if self.other else [])
+        try:
+            with self._reading():
+                frames = [self.analysis.scores_frame()] + ([self.other.scores_frame()] if self._other() else [])
+        except (NotComputed, InputError):
+            self.task.show_error("The scores are not computed yet: wait for the current job to finish.")
+            return io.StringIO("")
         return io.StringIO(pd.concat(frames).to_csv(index=False))
 
-    # ----------------------------------------------------------------------------- rendering
-    @param.depends("results")
-    def _cards(self):
-        if self.analysis.dataset is None:
-            return pn.pane.HTML("<i>Loading data…</i>")
+    # ----------------------------------------------------------------------------- reading results
+    @contextlib.contextmanager
+    def _reading(self):
+        """Cached reads only, for A and B (a miss raises NotComputed instead of computing here)."""
+        self._sync_other()
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(self.analysis.reading())
+            if self.other is not None:
+                stack.enter_context(self.other.reading())
+            yield
+
+    def _other(self) -> DiversityAnalysis | None:
+        """B when it is loaded and computed for the current settings."""
+        return self.other if self.other is not None and self.other.is_computed() else None
+
+    def _update_cards(self) -> None:
+        a = self.analysis
+        if a.dataset is None:
+            self._cards.object = "<i>Loading data…</i>"
+            return
         try:
-            s = self.analysis.scores()
+            with self._reading():
+                rows = cards_html(a.scores(), a.dataset.notes, tag="A" if self.other is not None else "")
+                if self.other is not None:
+                    rows += cards_html(self.other.scores(), self.other.dataset.notes, prefix="b-", tag="B")
+        except NotComputed:
+            rows = f"<div class='dv-summary'><b>{html.escape(a.dataset.name)}</b> — <i>computing…</i></div>"
         except InputError as err:
-            return pn.pane.HTML(f"<div class='dv-error'>{html.escape(str(err))}</div>")
-        exactness = "exact" if s["exact"] else f"approximate ({s['spectrum']}, est. error {s['estimated_error']:.1%})"
-        dse_note = f"bits, t = {s['t']:g}, σ = {s['dse_sigma']:.3g}" + \
-            ("" if s["dse_rows"] == s["n"] else f", seeded subsample of {s['dse_rows']}")
-        cards = [
-            _card("vendi", f"Vendi (q = {_format(s['q'])})", s["vendi"], exactness),
-            _card("rke", "RKE (Vendi q = 2)", s["rke"], s["kernel"] + " kernel"),
-            _card("renyi", f"Rényi entropy (α = {_format(s['q'])})", s["renyi_bits"], "bits"),
-            _card("effective-rank", "Effective rank", s["effective_rank"], "of the kernel features"),
-            _card("dse", "DSE", s["dse_bits"], dse_note),
-            _card("dsmi", "DSMI with groups", s["dsmi_bits"], "bits" if s["dsmi_bits"] is not None else "no labels"),
-            _card("n", "Samples", s["n"], f"{s['dim']} dimensions"),
-        ]
-        notes = "; ".join(self.analysis.dataset.notes)
-        header = f"<div class='dv-summary'><b>{html.escape(s['dataset'])}</b>{' — ' + html.escape(notes) if notes else ''}</div>"
-        return pn.pane.HTML(header + "".join(cards), sizing_mode="stretch_width", css_classes=["dv-cards"])
+            rows = f"<div class='dv-error'>{html.escape(str(err))}</div>"
+        self._cards.object = rows
 
-    @param.depends("results")
-    def _comparison(self):
-        if self.other is None or not self._ready():
-            return pn.pane.HTML("")
-        frame = comparison_frame(self.analysis, self._sync_other())
-        frame = frame.set_axis(["measure", f"A: {frame.columns[1]}", f"B: {frame.columns[2].strip()}"], axis=1)
-        for column in frame.columns[1:]:
-            frame[column] = frame[column].map(_format)
-        return pn.widgets.Tabulator(frame, show_index=False, disabled=True, width=720, css_classes=["dv-comparison"],
-                                    height=270)
+    # ----------------------------------------------------------------------------- plots (cached reads)
+    def _build_figures(self) -> None:
+        """The q/t-dependent plots as Bokeh figures over sources this page owns: new results and q/t
+        moves set their data (no new models, no model-graph recomputation, no HoloViews re-render)."""
+        self._src = {name: ColumnDataSource(data, name=f"dv-{name}") for name, data in {
+            "vendi_a": {"q": [], "vendi": []}, "vendi_b": {"q": [], "vendi": []}, "marker": {"q": [], "vendi": []},
+            "spectrum_a": {"index": [], "eigenvalue": []}, "spectrum_b": {"index": [], "eigenvalue": []},
+            "dse_a": {"t": [], "dse_bits": []}, "dse_b": {"t": [], "dse_bits": []},
+            "subsample": {"size": [], "mean": [], "sd": [], "low": [], "high": []},
+            "groups": {"group": [], "vendi": [], "n": []},
+            "depth": {"layer": [], "vendi": [], "renyi_bits": [], "dse_bits": []}}.items()}
+        src = self._src
+        vendi = _figure("Vendi vs order q (dots: current q)", "q", "Vendi", y_axis_type="log")
+        lines = [vendi.line("q", "vendi", source=src["vendi_a"], color=TEAL, line_width=2, legend_label="A"),
+                 vendi.line("q", "vendi", source=src["vendi_b"], color=AMBER, line_width=2, legend_label="B")]
+        vendi.scatter("q", "vendi", source=src["marker"], color="black", size=9)
+        vendi.add_tools(HoverTool(renderers=lines, tooltips=[("q", "@q{0.00}"), ("Vendi", "@vendi{0.000}")]))
+        spectrum = _figure("Eigenvalues of K / n (log-log)", "rank", "λ", x_axis_type="log", y_axis_type="log")
+        spectrum.yaxis.ticker = LogTicker()  # many decades: powers of ten read best
+        lines = [spectrum.line("index", "eigenvalue", source=src["spectrum_a"], color=TEAL, line_width=2,
+                               legend_label="A"),
+                 spectrum.line("index", "eigenvalue", source=src["spectrum_b"], color=AMBER, line_width=2,
+                               legend_label="B")]
+        spectrum.add_tools(HoverTool(renderers=lines, tooltips=[("rank", "@index"), ("λ", "@eigenvalue{0.000e}")]))
+        dse = _figure("DSE (bits) vs diffusion time t (dashed: current t)", "t", "DSE (bits)")
+        lines = [dse.line("t", "dse_bits", source=src["dse_a"], color=TEAL, line_width=2, legend_label="A"),
+                 dse.line("t", "dse_bits", source=src["dse_b"], color=AMBER, line_width=2, legend_label="B")]
+        self._t_span = Span(location=self.analysis.t, dimension="height", line_color="black", line_dash="dashed",
+                            name="dv-t-span")
+        dse.add_layout(self._t_span)
+        dse.add_tools(HoverTool(renderers=lines, tooltips=[("t", "@t{0.00}"), ("DSE", "@dse_bits{0.000} bits")]))
+        sub = _figure("Vendi_q of subsamples of A (± sd; biased low)", "sample size", "Vendi", x_axis_type="log",
+                      y_range=Range1d(0, 1))
+        sub.varea("size", "low", "high", source=src["subsample"], color=TEAL, alpha=0.2)
+        sub.line("size", "mean", source=src["subsample"], color=TEAL, line_width=2)
+        dots = sub.scatter("size", "mean", source=src["subsample"], color=TEAL, size=6)
+        sub.add_tools(HoverTool(renderers=[dots], tooltips=[("size", "@size"), ("Vendi", "@mean{0.000} ± @sd{0.000}")]))
+        groups = _figure("Vendi_q within each group of A", "group", "Vendi", width=RESULTS_WIDTH - 20,
+                         x_range=FactorRange(factors=[]), y_range=Range1d(0, 1))
+        bars = groups.vbar("group", top="vendi", width=0.8, source=src["groups"], color=TEAL)
+        groups.xaxis.major_label_orientation = 0.35
+        groups.add_tools(HoverTool(renderers=[bars], tooltips=[("group", "@group"), ("Vendi", "@vendi{0.000}"),
+                                                               ("n", "@n")]))
+        depth = _figure("Entropy of the representations across depth (dotted: studied layer)",
+                        "layer (0 = token embeddings)", "bits", width=RESULTS_WIDTH - 20, y_range=Range1d(0, 1))
+        lines = [depth.line("layer", "renyi_bits", source=src["depth"], color=TEAL, line_width=2,
+                            legend_label="log2 Vendi_q (Rényi entropy)"),
+                 depth.line("layer", "dse_bits", source=src["depth"], color=AMBER, line_width=2, legend_label="DSE_t")]
+        depth.scatter("layer", "renyi_bits", source=src["depth"], color=TEAL, size=5)
+        depth.scatter("layer", "dse_bits", source=src["depth"], color=AMBER, size=5)
+        self._layer_span = Span(location=self.analysis.layer, dimension="height", line_color="black",
+                                line_dash="dotted")
+        depth.add_layout(self._layer_span)
+        depth.add_layout(depth.legend[0], "right")
+        depth.add_tools(HoverTool(renderers=lines, tooltips=[("layer", "@layer"), ("log2 Vendi", "@renyi_bits{0.000}"),
+                                                             ("Vendi", "@vendi{0.00}"), ("DSE", "@dse_bits{0.000}")]))
+        for name, fig in (("vendi", vendi), ("spectrum", spectrum), ("dse", dse), ("subsample", sub),
+                          ("groups", groups), ("depth", depth)):
+            fig.name = f"dv-{name}-figure"
+        self._figures = {"vendi": vendi, "spectrum": spectrum, "dse": dse, "subsample": sub, "groups": groups,
+                         "depth": depth}
+        # visibility is toggled on a box around each figure (toggling a Bokeh pane's own fails in Panel 1.9)
+        self._panes = {name: pn.Column(pn.pane.Bokeh(fig, margin=(5, 5)), margin=0, css_classes=[f"dv-{name}-plot"])
+                       for name, fig in self._figures.items()}
+        self._projection = pn.pane.HoloViews(None, margin=(5, 5))
+        self._projection_box = pn.Column(self._projection, margin=0, css_classes=["dv-projection"])
+        self._waiting = pn.pane.HTML("<i>Plots appear when the spectra are computed.</i>", css_classes=["dv-waiting"])
+        self._plots[:] = [self._waiting,
+                          pn.Row(self._panes["vendi"], self._panes["spectrum"], margin=0),
+                          pn.Row(self._panes["dse"], self._panes["subsample"], margin=0),
+                          self._panes["depth"], self._panes["groups"], self._projection_box]
 
-    def _empty(self, title):
-        return hv.Curve([]).opts(title=title, **PLOT)
+    @staticmethod
+    def _set(source: ColumnDataSource, frame: pd.DataFrame | None) -> None:
+        source.data = {c: [] for c in source.data} if frame is None else {c: frame[c].to_numpy() for c in source.data}
 
-    @param.depends("results")
-    def _spectrum_plot(self):
-        if not self._ready():
-            return self._empty("Eigenvalue spectrum")
-        frame = self.analysis.spectrum_frame()
-        plot = hv.Curve(frame, "index", "eigenvalue", label="A").opts(color=TEAL)
-        if self.other is not None:
-            plot = plot * hv.Curve(self._sync_other().spectrum_frame(), "index", "eigenvalue",
-                                   label="B").opts(color=AMBER)
-        return plot.opts(hv.opts.Curve(logy=True, logx=True, title="Eigenvalues of K / n (log-log)",
-                                       xlabel="rank", ylabel="λ", **PLOT), hv.opts.Overlay(show_legend=self.other is not None, legend_position="top_right"))
+    def _show_order(self, changed: tuple[str, ...] = ("q", "t")) -> None:
+        """What depends on q (marker, subsample and group Vendi) and on t (its marker), and the depth
+        profile (both); ranges are set here, so the browser draws each plot once."""
+        a, b, src, figs = self.analysis, self.other, self._src, self._figures
+        if "t" in changed:
+            self._t_span.location = a.t
+        if "q" in changed:
+            x = float(CURVE_Q.max()) if math.isinf(a.q) else a.q
+            self._set(src["marker"], pd.DataFrame({"q": [x] * (1 + (b is not None)),
+                                                   "vendi": [s.spectrum().vendi(a.q) for s in (a, b) if s is not None]}))
+            sub = a.subsample_curve().pipe(lambda f: f.assign(low=f["mean"] - f["sd"], high=f["mean"] + f["sd"]))
+            self._set(src["subsample"], sub)
+            _fit(figs["subsample"].y_range, sub["low"].min(), sub["high"].max())
+            if a.dataset.labels is not None:
+                groups = a.group_scores().assign(group=lambda f: f["group"].astype(str))
+                self._set(src["groups"], groups)
+                _fit(figs["groups"].y_range, 0, groups["vendi"].max(), pad_low=False)
+        if a.layers:
+            depth = a.depth_profile()
+            self._set(src["depth"], depth)
+            _fit(figs["depth"].y_range, min(depth["renyi_bits"].min(), depth["dse_bits"].min()),
+                 max(depth["renyi_bits"].max(), depth["dse_bits"].max()))
 
-    @param.depends("results")
-    def _vendi_curve(self):
-        if not self._ready():
-            return self._empty("Vendi vs q")
-        frame = self.analysis.vendi_curve()
-        q = self.analysis.q
-        marker_q = frame["q"].max() if math.isinf(q) else q
-        plot = hv.Curve(frame, "q", "vendi", label="A").opts(color=TEAL) * \
-            hv.Scatter([(marker_q, self.analysis.spectrum().vendi(q))]).opts(color="black", size=9)
-        if self.other is not None:
-            plot = plot * hv.Curve(self._sync_other().vendi_curve(), "q", "vendi",
-                                   label="B").opts(color=AMBER)
-        return plot.opts(hv.opts.Curve(title="Vendi vs order q (dot: current q)", logy=True, **PLOT),
-                         hv.opts.Overlay(show_legend=self.other is not None))
+    def _on_order(self, event) -> None:
+        """A q or t move: patch the dependent data in place (one held document update)."""
+        with pn.io.hold(pn.state.curdoc):
+            self._update_cards()
+            if self._shown:
+                try:
+                    with self._reading():
+                        self._show_order((event.name,))
+                except NotComputed:
+                    pass  # a job is computing the new results; the page refreshes when it ends
 
-    @param.depends("results")
-    def _dse_curve(self):
-        if not self._ready():
-            return self._empty("DSE vs t")
-        frame = self.analysis.dse_curve()
-        plot = hv.Curve(frame, "t", "dse_bits", label="A").opts(color=TEAL) * \
-            hv.VLine(self.analysis.t).opts(color="black", line_dash="dashed")
-        if self.other is not None:
-            plot = plot * hv.Curve(self._sync_other().dse_curve(), "t", "dse_bits",
-                                   label="B").opts(color=AMBER)
-        return plot.opts(hv.opts.Curve(title="DSE (bits) vs diffusion time t", ylabel="DSE (bits)", **PLOT),
-                         hv.opts.Overlay(show_legend=self.other is not None))
+    def _rebuild(self) -> None:
+        """New results (a job ended): refill every source; only the projection gets a new plot."""
+        self._update_cards()
+        a, b, src = self.analysis, self.other, self._src
+        computed = a.dataset is not None and not self.task.running and a.is_computed() and \
+            (b is None or b.is_computed())
+        self._shown = computed
+        for name in ("vendi", "spectrum", "dse", "subsample", "groups"):
+            self._panes[name].visible = computed
+        self._panes["depth"].visible = computed and bool(a.layers)
+        self._waiting.visible = not computed
+        if not computed:
+            self._projection.object = None
+            self._projection_box.visible = False
+            return
+        with pn.io.hold(pn.state.curdoc), self._reading():
+            for sets, tag in ((a, "a"), (b, "b")):
+                self._set(src[f"vendi_{tag}"], sets.vendi_curve() if sets is not None else None)
+                self._set(src[f"spectrum_{tag}"], sets.spectrum_frame() if sets is not None else None)
+                self._set(src[f"dse_{tag}"], sets.dse_curve() if sets is not None else None)
+            for name in ("vendi", "spectrum", "dse"):
+                self._figures[name].legend.visible = b is not None
+            labelled = a.dataset.labels is not None
+            self._panes["groups"].visible = labelled
+            self._figures["groups"].x_range.factors = [str(g) for g in a.group_scores()["group"]] if labelled else []
+            self._layer_span.location = a.layer
+            self._show_order()
+            self._projection.object = self._projection_plot()
+            self._projection_box.visible = True
 
-    @param.depends("results")
-    def _subsample_plot(self):
-        if not self._ready():
-            return self._empty("Vendi vs sample size")
-        frame = self.analysis.subsample_curve().assign(low=lambda f: f["mean"] - f["sd"],
-                                                       high=lambda f: f["mean"] + f["sd"])
-        return (hv.Area(frame, "size", ["low", "high"]).opts(color=TEAL, alpha=0.2)
-                * hv.Curve(frame, "size", "mean").opts(color=TEAL, line_width=2)
-                * hv.Scatter(frame, "size", ["mean", "sd"]).opts(color=TEAL, size=6)).opts(
-            hv.opts.Curve(logx=True, title="Vendi of subsamples (± sd; biased low)",
-                          xlabel="sample size", ylabel="Vendi", **PLOT), hv.opts.Area(logx=True))
-
-    @param.depends("results")
-    def _group_plot(self):
-        if not self._ready():
-            return self._empty("Vendi within each group")
-        frame = self.analysis.group_scores()
-        if frame.empty:
-            return self._empty("Vendi within each group: the data has no labels")
-        frame = frame.assign(group=frame["group"].astype(str))
-        return hv.Bars(frame, "group", ["vendi", "n"]).opts(
-            title=f"Vendi (q = {_format(self.analysis.q)}) within each group", color=TEAL, xrotation=20,
-            ylabel="Vendi", **PLOT)
-
-    @param.depends("results")
     def _projection_plot(self):
-        if not self._ready():
-            return self._empty("PCA projection")
-        frame = self.analysis.projection(max_points=MAX_POINTS)
-        title = "PCA, coloured by group (hover: sample)"
-        if len(frame) < self.analysis.dataset.n:
-            title = f"PCA: {len(frame)} of {self.analysis.dataset.n} points"
-        frame = frame.assign(text=frame["text"].str.slice(0, 120))
-        return hv.Points(frame, ["pc1", "pc2"], ["group", "text"]).opts(
-            color="group", cmap="Category10", size=6, alpha=0.8, legend_position="right", title=title,
-            **{**PLOT, "height": 420, "width": 720})
+        a = self.analysis
+        frame = a.projection()
+        size = dict(height=420, width=RESULTS_WIDTH - 20, show_grid=True, toolbar="right")
+        groups = sorted(frame["group"].astype(str).unique())
+        if len(frame) <= self.hover_points:
+            frame = frame.assign(text=frame["text"].str.slice(0, 120), group=frame["group"].astype(str))
+            return hv.Points(frame, ["pc1", "pc2"], ["group", "text"]).opts(
+                color="group", cmap=PALETTE[:max(len(groups), 1)] if len(groups) <= len(PALETTE) else "glasbey",
+                size=6, alpha=0.8, legend_position="right", tools=["hover"],
+                title="PCA of A, coloured by group (hover: sample)", **size)
+        import datashader as ds
+        from holoviews.operation.datashader import rasterize
+
+        title = f"PCA of all {len(frame):,} points of A (rasterised; hover: counts)"
+        if len(groups) <= MAX_CATEGORIES:
+            frame = frame.assign(group=pd.Categorical(frame["group"].astype(str), categories=groups))
+            colours = (PALETTE * 2)[:len(groups)]
+            return rasterize(hv.Points(frame, ["pc1", "pc2"], ["group"]), aggregator=ds.count_cat("group")).opts(
+                cmap=dict(zip(groups, colours)), tools=["hover"], title=title, **size)
+        return rasterize(hv.Points(frame, ["pc1", "pc2"])).opts(cmap="Blues", cnorm="eq_hist", tools=["hover"],
+                                                               colorbar=True, title=title, **size)
 
     # ----------------------------------------------------------------------------- layout
     def _controls(self):
@@ -265,11 +471,14 @@ class DiversityExplorer(pn.viewable.Viewer):
             "### Data",
             pn.widgets.Select.from_param(self.param.source, css_classes=["dv-source"]),
             self._upload,
+            self._layer,
             pn.widgets.Select.from_param(self.param.compare_with, css_classes=["dv-compare"]),
+            self._upload_b,
             "### Kernel and orders",
             pn.widgets.Select.from_param(a.param.kernel, css_classes=["dv-kernel"]),
             pn.widgets.FloatInput.from_param(a.param.sigma),
             pn.widgets.IntSlider.from_param(a.param.degree),
+            pn.widgets.Checkbox.from_param(a.param.center, css_classes=["dv-center"]),
             pn.widgets.DiscreteSlider.from_param(a.param.q, css_classes=["dv-q"]),
             pn.widgets.FloatSlider.from_param(a.param.t, css_classes=["dv-t"]),
             pn.widgets.FloatInput.from_param(a.param.dse_sigma),
@@ -278,13 +487,10 @@ class DiversityExplorer(pn.viewable.Viewer):
             pn.widgets.IntInput.from_param(a.param.approx_above),
             pn.widgets.IntInput.from_param(a.param.landmarks),
             self._download,
+            pn.pane.HTML("<small>PNG: the save button in each plot's toolbar.</small>"),
             width=300,
         )
 
     def __panel__(self):
-        pane = lambda plot: pn.pane.HoloViews(plot, margin=(5, 10))  # noqa: E731
-        plots = pn.Column(pn.Row(pane(self._vendi_curve), pane(self._spectrum_plot)),
-                          pn.Row(pane(self._dse_curve), pane(self._subsample_plot)),
-                          pn.Row(pane(self._group_plot)), pane(self._projection_plot))
-        main = pn.Column(self.task, self._cards, self._comparison, plots, sizing_mode="stretch_width")
-        return pn.Row(self._controls(), main, sizing_mode="stretch_width")
+        main = pn.Column(self.task, self._cards, self._plots, width=RESULTS_WIDTH + 20)
+        return pn.Row(self._controls(), main)

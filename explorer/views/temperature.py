@@ -8,33 +8,68 @@ and table reads a stored :class:`RunResults` (past runs reopen instantly from th
 from __future__ import annotations
 
 import html
+import io
 import tempfile
 from pathlib import Path
+from urllib.parse import urlencode
 
 import holoviews as hv
+import holoviews.plotting.bokeh  # noqa: F401 - registers the Bokeh backend (hv.extension would reset session hooks)
 import numpy as np
 import pandas as pd
 import panel as pn
 import param
 
-from explorer.analyses.temperature import (MEASURE_LABELS, QuestionDetail, RunResults, TemperatureStudy, _temperatures,
-                                           list_runs, resume_run)
+from explorer.analyses.temperature import (MEASURE_LABELS, QuestionDetail, RunComparison, RunResults, TemperatureStudy,
+                                           _temperatures, export_run, list_runs, resume_run)
 from explorer.data.questions import load_questions
 from explorer.errors import InputError
 from explorer.views.task import BackgroundTask
 
-hv.extension("bokeh", logo=False)
-
-FORM = ("model_name", "max_questions", "n_samples", "max_new_tokens", "seed", "batch_questions",
-        "equivalence_threshold", "correctness", "with_p_true", "with_inv_entropy", "n_perturbations", "replicates",
+FORM = ("model_name", "questions_path", "max_questions", "n_samples", "max_new_tokens", "seed", "batch_questions",
+        "equivalence_threshold", "nli_model", "correctness", "with_p_true", "with_inv_entropy", "n_perturbations", "replicates",
         "bootstrap", "similarity_mapping", "db_path")
 INT_FIELDS = ("max_questions", "n_samples", "max_new_tokens", "seed", "batch_questions", "n_perturbations",
               "replicates", "bootstrap")
 PLOT = dict(height=330, responsive=True, show_grid=True, toolbar="right")
-TEAL, GREY = "#0f766e", "#94a3b8"
-FALLBACK_NOTE = ("Semantic equivalence uses the offline fallback: embedding cosine >= threshold with "
-                 "all-MiniLM-L6-v2 (not NLI entailment). Inv-Entropy perturbations are paraphrases written by the "
-                 "model itself; MSP uses the most probable sampled answer.")
+TEAL, GREY, ORANGE = "#0f766e", "#64748b", "#c2410c"
+METHOD_NOTE = ("Inv-Entropy perturbations are paraphrases written by the model itself; MSP uses the most probable "
+               "sampled answer.")
+NO_RUN_NOTE = ("Semantic equivalence: NLI bidirectional entailment when an NLI model is named and can be loaded, "
+               "otherwise the offline fallback, embedding cosine >= threshold with all-MiniLM-L6-v2. " + METHOD_NOTE)
+
+
+def lens_url(prompt: str, text: str, temperature: float) -> str:
+    """The lens page scoring ``text`` after ``prompt`` (chat template), re-scored at ``temperature``."""
+    return "?" + urlencode({"page": "lens", "prompt": prompt, "text": text, "temperature": f"{temperature:g}"})
+
+
+def uncertainty_curves(u: pd.DataFrame, title: str) -> hv.Overlay:
+    """One thin grey line per question (rows of U, columns ascending temperatures) and the mean ± sd band."""
+    temps = u.columns.to_numpy(dtype=float)
+    values = u.to_numpy(dtype=float)
+    lines = [hv.Curve((temps, row), "temperature", "uncertainty", group="Question").opts(
+        color=GREY, alpha=0.55, line_width=1.2) for row in values]
+    mean, sd = np.nanmean(values, 0), np.nanstd(values, 0)
+    band = hv.Spread((temps, mean, sd), "temperature", ["uncertainty", "sd"]).opts(
+        color=TEAL, alpha=0.15, line_alpha=0)
+    mean_line = hv.Curve((temps, mean), "temperature", "uncertainty", label="mean ± sd").opts(
+        color=TEAL, line_width=3, tools=["hover"])
+    return hv.Overlay([band, *lines, mean_line]).opts(title=title, legend_position="top_left", **PLOT)
+
+
+def comparison_curves(curves: pd.DataFrame, labels: dict[str, str], title: str) -> hv.Overlay:
+    """Mean ± sd over questions of each run (``RunComparison.mean_curves`` of one measure)."""
+    parts = []
+    for (key, table), colour in zip(curves.groupby("run", sort=True), (TEAL, ORANGE)):
+        t = table["temperature"].to_numpy(dtype=float)
+        parts += [hv.Spread((t, table["mean"], table["sd"]), "temperature", ["uncertainty", "sd"]).opts(
+                      color=colour, alpha=0.15),
+                  hv.Curve((t, table["mean"]), "temperature", "uncertainty", label=f"{key}: {labels[key]}").opts(
+                      color=colour, line_width=3, tools=["hover"])]
+    if not parts:
+        return hv.Curve([], "temperature", "uncertainty").opts(title="No measure in common", **PLOT)
+    return hv.Overlay(parts).opts(title=title, legend_position="top_left", **PLOT)
 
 
 class TemperatureSensitivity(pn.viewable.Viewer):
@@ -45,6 +80,7 @@ class TemperatureSensitivity(pn.viewable.Viewer):
 
     study = param.ClassSelector(class_=TemperatureStudy)
     results = param.ClassSelector(class_=RunResults, allow_None=True)
+    comparison = param.ClassSelector(class_=RunComparison, allow_None=True)
     temperatures_text = param.String(default="0.3, 0.7, 1.0, 1.4", label="Temperatures (increasing)")
     measure = param.Selector(objects={v: k for k, v in MEASURE_LABELS.items()}, default="se_discrete", label="Measure")
     question_index = param.Integer(default=0, bounds=(0, None), label="Question")
@@ -63,6 +99,10 @@ class TemperatureSensitivity(pn.viewable.Viewer):
         self._start.on_click(self._on_start)
         self._resume = pn.widgets.Button(name="Resume selected", width=140)
         self._resume.on_click(self._on_resume)
+        self._compare = pn.widgets.Select(name="Compare with run", options={"(none)": ""}, value="", width=420)
+        self._compare.param.watch(self._on_compare, "value")
+        self._export = pn.widgets.FileDownload(callback=self._export_payload, filename="run.zip", disabled=True,
+                                               label="Export run (Parquet, zip)", width=220)
         self._question = pn.widgets.Select(name="Question", options={}, sizing_mode="stretch_width")
         self._question.param.watch(lambda e: setattr(self, "question_index", e.new), "value")
         self._refresh_runs()
@@ -116,8 +156,37 @@ class TemperatureSensitivity(pn.viewable.Viewer):
         self.param.drill_temperature.objects = results.temperatures
         self.drill_temperature = results.temperatures[0]
         self.results = results
+        self._export.filename, self._export.disabled = f"run_{run_id}.zip", False
         if refresh:
             self._refresh_runs()
+        self._compare_options()
+        self._on_compare()
+
+    def _compare_options(self) -> None:
+        runs = self._runs.value
+        current = self.results.run_id if self.results is not None else None
+        options = {"(none)": ""}
+        if isinstance(runs, pd.DataFrame) and len(runs):
+            options.update({f"{r.run_id} · {r.model} · {r.status} · {r.answers} answers": r.run_id
+                            for r in runs.itertuples() if r.run_id != current})
+        value = self._compare.value if self._compare.value in options.values() else ""
+        self._compare.options, self._compare.value = options, value
+
+    def _on_compare(self, _event=None) -> None:
+        other = self._compare.value
+        if not other or self.results is None:
+            self.comparison = None
+            return
+        try:
+            self.comparison = RunComparison(self.results, RunResults(self.study.db_path, other))
+        except InputError as err:
+            self.comparison = None
+            self.task.show_error(err)
+
+    def _export_payload(self):
+        if self.results is None:
+            return io.BytesIO(b"")
+        return io.BytesIO(export_run(self.study.db_path, self.results.run_id))
 
     @param.depends("study.db_path", watch=True)
     def _refresh_runs(self) -> None:
@@ -127,6 +196,7 @@ class TemperatureSensitivity(pn.viewable.Viewer):
             self.task.show_error(err)
             return
         self._runs.value = runs[["run_id", "name", "created", "model", "status", "answers"]]
+        self._compare_options()
 
     # ------------------------------------------------------------------ views
     @param.depends("study.max_questions", "study.n_samples", "study.with_inv_entropy", "study.n_perturbations",
@@ -144,16 +214,40 @@ class TemperatureSensitivity(pn.viewable.Viewer):
     def _curves(self):
         if self.results is None or self.measure not in self.results.measure_names:
             return hv.Curve([], "temperature", "uncertainty").opts(title="Start or select a run", **PLOT)
-        u = self.results.u_matrix(self.measure)
-        temps = u.columns.to_numpy(dtype=float)
-        lines = [hv.Curve((temps, row), "temperature", "uncertainty").opts(color=GREY, alpha=0.45, line_width=1)
-                 for row in u.to_numpy(dtype=float)]
-        mean, sd = np.nanmean(u.to_numpy(dtype=float), 0), np.nanstd(u.to_numpy(dtype=float), 0)
-        band = hv.Spread((temps, mean, sd), "temperature", ["uncertainty", "sd"]).opts(color=TEAL, alpha=0.2)
-        mean_line = hv.Curve((temps, mean), "temperature", "uncertainty", label="mean ± sd").opts(
-            color=TEAL, line_width=3, tools=["hover"])
-        return hv.Overlay([*lines, band, mean_line]).opts(
-            title=f"{MEASURE_LABELS[self.measure]}: one line per question", legend_position="top_left", **PLOT)
+        return uncertainty_curves(self.results.u_matrix(self.measure),
+                                  f"{MEASURE_LABELS[self.measure]}: one line per question")
+
+    @param.depends("results")
+    def _equivalence_note(self):
+        text = NO_RUN_NOTE if self.results is None else \
+            f"Semantic equivalence in this run: {self.results.equivalence}. {METHOD_NOTE}"
+        return pn.pane.Alert(html.escape(text), alert_type="info", sizing_mode="stretch_width",
+                             css_classes=["equivalence-note"])
+
+    @param.depends("comparison", "measure")
+    def _comparison_view(self):
+        if self.comparison is None:
+            return pn.pane.Markdown("Pick a second run to compare it with the open one.")
+        cmp = self.comparison
+        if self.measure in cmp.measure_names:
+            labels = {key: r.run_id for key, r in cmp.runs.items()}
+            plot = comparison_curves(cmp.mean_curves(self.measure), labels,
+                                     f"{MEASURE_LABELS[self.measure]}: mean ± sd over questions, run A vs run B")
+        else:
+            plot = hv.Curve([], "temperature", "uncertainty").opts(title="This measure is not in both runs", **PLOT)
+        tsu = cmp.tsu.round(1)
+        overview = cmp.overview
+        equivalence = "  \n".join(f"**{key}** semantic equivalence: {html.escape(text)}"
+                                   for key, text in overview["equivalence"].items())
+        return pn.Column(
+            pn.widgets.Tabulator(overview.drop(columns="equivalence").reset_index(), disabled=True, show_index=False,
+                                 sizing_mode="stretch_width", height=110, name="comparison-runs"),
+            pn.pane.Markdown(equivalence, sizing_mode="stretch_width"),
+            pn.pane.HoloViews(plot, sizing_mode="stretch_width"),
+            pn.pane.Markdown("#### TSU side by side (% of questions strictly increasing)"),
+            pn.widgets.Tabulator(tsu, disabled=True, sizing_mode="stretch_width", name="comparison-tsu",
+                                 height=min(50 + 31 * len(tsu), 640)),
+            sizing_mode="stretch_width")
 
     @param.depends("results")
     def _tables(self):
@@ -180,9 +274,12 @@ class TemperatureSensitivity(pn.viewable.Viewer):
         q = self.results.questions.iloc[self.question_index]
         header = pn.pane.Markdown(f"**{html.escape(q['question'])}**  reference: "
                                   f"{html.escape(' | '.join(q['answers']) or '(none)')}")
-        table = pn.widgets.Tabulator(answers[["temperature", "sample_index", "cluster", "text", "log_prob", "tokens"]]
-                                     .round(3), disabled=True, sizing_mode="stretch_width", height=260,
-                                     show_index=False, name="samples")
+        shown = answers[["temperature", "sample_index", "cluster", "log_prob", "tokens"]].round(3)
+        shown["lens"] = [f'<a href="{html.escape(lens_url(p, t, temp))}" target="_blank">open in lens</a>'
+                         for p, t, temp in zip(answers["prompt"], answers["text"], answers["temperature"])]
+        shown["text"] = answers["text"]
+        table = pn.widgets.Tabulator(shown, disabled=True, sizing_mode="stretch_width", height=260,
+                                     show_index=False, name="samples", formatters={"lens": {"type": "html"}})
         return pn.Column(header, table, pn.pane.HoloViews(self._entropy_curves(answers), sizing_mode="stretch_width"),
                          self._inv_entropy_view(detail), sizing_mode="stretch_width")
 
@@ -216,14 +313,18 @@ class TemperatureSensitivity(pn.viewable.Viewer):
     def __panel__(self):
         form = pn.Param(self.study, parameters=list(FORM), show_name=False, width=300,
                         widgets={"model_name": {"placeholder": "SmolLM2-135M-Instruct"},
+                                 "nli_model": {"placeholder": "e.g. microsoft/deberta-large-mnli"},
+                                 "questions_path": {"placeholder": "file, dataset folder or hf:owner/name"},
+                                 **{n: {"type": pn.widgets.Checkbox, "css_classes": [f"ts-{n.replace('_', '-')}"]}
+                                    for n in ("with_p_true", "with_inv_entropy")},
                                  **{n: pn.widgets.IntInput for n in INT_FIELDS}})
         settings = pn.Column("### Run settings", pn.widgets.TextInput.from_param(self.param.temperatures_text, width=280),
                              form, self._upload, self._cost, pn.Row(self._start, self._resume), width=320)
         results = pn.Column(
-            pn.pane.Alert(FALLBACK_NOTE, alert_type="info", sizing_mode="stretch_width"),
-            self.task, "### Past runs", self._runs,
+            self._equivalence_note,
+            self.task, "### Past runs", self._runs, self._export,
             pn.widgets.Select.from_param(self.param.measure, width=320),
             pn.pane.HoloViews(self._curves, sizing_mode="stretch_width"),
-            self._tables, "### Drill-down", pn.Row(self._question, pn.widgets.Select.from_param(
+            self._tables, "### Compare with another run", self._compare, self._comparison_view, "### Drill-down", pn.Row(self._question, pn.widgets.Select.from_param(
                 self.param.drill_temperature, width=200), sizing_mode="stretch_width"), self._drill, sizing_mode="stretch_width")
         return pn.Row(settings, results, sizing_mode="stretch_width")

@@ -64,8 +64,25 @@ class TokenEntropyLens(pn.viewable.Viewer):
     def __init__(self, **params):
         params.setdefault("study", TokenLensStudy())
         super().__init__(**params)
+        self._fill_from_url()
         self.task = BackgroundTask()
         self._layout = self._build()
+
+    def _fill_from_url(self) -> None:
+        """``?text=...&prompt=...&temperature=...`` (a link from another page) fill the form."""
+        args = pn.state.session_args or {}
+
+        def arg(name: str) -> str | None:
+            values = args.get(name)
+            return values[0].decode("utf-8", "replace") if values else None
+
+        if arg("text") is not None:
+            self.study.prompt, self.study.text, self.study.mode = arg("prompt") or "", arg("text"), "score"
+        if arg("temperature") is not None:
+            try:
+                self.study.temperature = float(arg("temperature"))
+            except ValueError:
+                pass   # a malformed or out-of-range temperature in the URL keeps the default
 
     # ------------------------------------------------------------------ actions (no computation here)
     async def _run(self, mode: str) -> None:

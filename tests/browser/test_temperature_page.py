@@ -1,10 +1,14 @@
 """The temperature sensitivity page in a real browser: bad input, a tiny run with progress, the
-curves and TSU table, the drill-down, and reopening the run after a reload."""
+curves and TSU table, the drill-down and its link to the lens page, a second run compared side by
+side with the first, the Parquet export, and reopening a run after a reload."""
 
 from __future__ import annotations
 
+import io
 import re
+import zipfile
 
+import pandas as pd
 import pytest
 from playwright.sync_api import expect
 
@@ -25,6 +29,10 @@ def set_text(page, label: str, value: str) -> None:
     box = field(page, label)
     box.fill(value)
     box.press("Enter")
+
+
+def checkbox(page, css_class: str):
+    return page.locator(f".{css_class} input[type=checkbox]").first
 
 
 def _wait_visible(page, text: str, timeout_ms: int) -> bool:
@@ -79,15 +87,65 @@ def test_tiny_run_drill_down_and_reopen(app_url, page, screenshot, tmp_path):
     expect(page.locator("strong", has_text="What is the capital of Japan?")).to_be_visible(timeout=30_000)
     screenshot(page, "temperature_drill_down")
 
+    # a sample's link opens the lens page with the question as prompt and the answer as text
+    link = page.locator("a", has_text="open in lens").first
+    expect(link).to_be_visible(timeout=30_000)
+    with page.context.expect_page() as opened:
+        link.click()
+    lens = opened.value
+    lens.set_viewport_size({"width": 1400, "height": 1400})
+    lens.get_by_text("Text to score").first.wait_for(timeout=120_000)
+    expect(field(lens, "Prompt", "textarea")).to_have_value("What is the capital of Japan?", timeout=30_000)
+    expect(field(lens, "Text to score", "textarea")).not_to_have_value("", timeout=30_000)
+    expect(field(lens, "Text to score", "textarea")).not_to_have_value(re.compile("quick brown fox"))
+    screenshot(lens, "temperature_sample_in_lens")
+    lens.close()
+
+    # a second, cheaper run (3 questions, no Inv-Entropy, no P(True), other temperatures)
+    set_text(page, "Temperatures (increasing)", "0.5, 1.5")
+    set_text(page, "Questions", "3")
+    checkbox(page, "ts-with-inv-entropy").uncheck()
+    checkbox(page, "ts-with-p-true").uncheck()
+    expect(page.get_by_text(re.compile(r"\b12 generations")).first).to_be_visible()
+    page.get_by_role("button", name="Start run").click()
+    expect(page.get_by_text("TSU(0.5, 1.5)").first).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    expect(runs.locator(".tabulator-row")).to_have_count(2, timeout=30_000)
+    # one thin line per question beside the mean and its band (plot titles are drawn on the canvas:
+    # the screenshot shows the redraw)
+    field(page, "Measure", "select").select_option(label="Mean token entropy")
+    page.wait_for_timeout(2000)
+    screenshot(page, "temperature_curves_per_question")
+
+    # compared side by side with the first run
+    field(page, "Compare with run", "select").select_option(index=1)
+    expect(page.get_by_text("TSU side by side")).to_be_visible(timeout=60_000)
+    expect(page.get_by_text("A: TSU(0.5, 1.5)").first).to_be_visible()
+    expect(page.get_by_text("B: TSU(0.3, 1.2)").first).to_be_visible()
+    page.wait_for_timeout(2000)
+    screenshot(page, "temperature_compare")
+
+    # export the open run as Parquet files in a zip
+    with page.expect_download(timeout=60_000) as download:
+        page.get_by_text("Export run (Parquet, zip)").click()
+    archive_path = tmp_path / "export.zip"
+    download.value.save_as(archive_path)
+    with zipfile.ZipFile(archive_path) as archive:
+        names = sorted(archive.namelist())
+        assert [n.split("_", 1)[1] for n in names] == ["measures.parquet", "questions.parquet", "samples.parquet"]
+        samples = pd.read_parquet(io.BytesIO(archive.read(next(n for n in names if n.endswith("samples.parquet")))))
+    assert len(samples) == 12 and set(samples["temperature"]) == {0.5, 1.5}
+
     # reopen the stored run after a reload: select it in the past runs table
     open_page(page, app_url, db)
     expect(page.get_by_text("No run selected.")).to_be_visible(timeout=30_000)
-    expect(page.locator(".tabulator-row").first).to_contain_text("done")
+    runs = page.locator(".tabulator").first
+    expect(runs.locator(".tabulator-row")).to_have_count(2, timeout=30_000)
+    expect(runs.locator(".tabulator-row").last).to_contain_text("done")
     page.wait_for_timeout(1000)  # the table is re-filled when the database path is set: let it settle
     # A click can land while the table is being re-filled and be lost; a second click on a selected
     # row toggles it off, so a third selects it again. The run must open within those attempts.
     for _attempt in range(3):
-        page.locator(".tabulator-row").first.locator(".tabulator-cell[tabulator-field='status']").click()
+        runs.locator(".tabulator-row").last.locator(".tabulator-cell[tabulator-field='status']").click()
         if page.get_by_text("TSU(0.3, 1.2)").is_visible() or _wait_visible(page, "TSU(0.3, 1.2)", 20_000):
             break
     expect(page.get_by_text("TSU(0.3, 1.2)")).to_be_visible(timeout=60_000)
