@@ -27,6 +27,8 @@ from explorer.kernels.diversity import (
     Spectrum,
     diffusion_eigenvalues,
     dse_from_eigenvalues,
+    dsmi_from_spectra,
+    dsmi_spectra,
     kernel_spectrum,
     median_bandwidth,
 )
@@ -216,38 +218,24 @@ class DiversityAnalysis(param.Parameterized):
 
     def _dsmi_spectra(self, progress: Progress | None = None) -> list[tuple[float, torch.Tensor, list[torch.Tensor]]]:
         """Per class with >= 2 members: (share of rows, diffusion eigenvalues within the class, those of
-        ``DSMI_REPEATS`` seeded random subsets of the same size). The draws follow
-        :func:`explorer.kernels.diversity.diffusion_spectral_mutual_information` exactly, so DSMI at any
-        t is a cheap read and equals the kernel's value (tested)."""
+        ``DSMI_REPEATS`` seeded random subsets of the same size), from
+        :func:`explorer.kernels.diversity.dsmi_spectra`: DSMI at any t is then a cheap read."""
         data = self._data()
 
         def compute():
             rows = self._dse_rows()
-            X, sigma = data.X[rows].double(), self._diffusion_sigma()
-            labels = np.asarray([data.labels[i] for i in rows])
-            gen, parts = torch.Generator().manual_seed(self.seed), []
-            classes = np.unique(labels)
-            for done, value in enumerate(classes):
-                if progress is not None:
-                    progress.update(done, len(classes), f"Diffusion spectra for DSMI: class {value}")
-                members = torch.from_numpy(np.flatnonzero(labels == value))
-                if len(members) < 2:
-                    continue
-                within = diffusion_eigenvalues(X[members], sigma)
-                random_sets = [diffusion_eigenvalues(X[torch.randperm(X.shape[0], generator=gen)[:len(members)]], sigma)
-                               for _ in range(DSMI_REPEATS)]
-                parts.append((len(members) / X.shape[0], within, random_sets))
-            return parts
+            labels = [data.labels[i] for i in rows]
+            report = None if progress is None else (
+                lambda done, total: progress.update(done, total, "Diffusion spectra for DSMI"))
+            return dsmi_spectra(data.X[rows].double(), labels, self._diffusion_sigma(), DSMI_REPEATS, self.seed,
+                                on_class=report)
         return self._cached("dsmi", (self.dse_sigma, self.approx_above, self.seed), compute)
 
     def dsmi(self, progress: Progress | None = None) -> float | None:
         """DSMI with the labels in bits at the current t (None without labels), from cached spectra."""
         if self._data().labels is None:
             return None
-        t = self.t
-        return float(sum(share * (np.mean([dse_from_eigenvalues(e, t) for e in random_sets])
-                                  - dse_from_eigenvalues(within, t))
-                         for share, within, random_sets in self._dsmi_spectra(progress)))
+        return dsmi_from_spectra(self._dsmi_spectra(progress), self.t)
 
     def compute(self, progress: Progress | None = None) -> "DiversityAnalysis":
         """Everything expensive, for a background job; later reads are cache hits."""
@@ -270,7 +258,8 @@ class DiversityAnalysis(param.Parameterized):
             "vendi": spec.vendi(self.q), "rke": spec.rke(), "renyi_bits": spec.renyi_bits(self.q),
             "effective_rank": spec.effective_rank(),
             "dse_bits": dse_from_eigenvalues(self.diffusion_spectrum(), self.t), "dsmi_bits": self.dsmi(),
-            "spectrum": spec.method, "exact": spec.exact, "estimated_error": spec.error,
+            "spectrum": spec.method, "exact": spec.exact, "estimated_error": spec.vendi_error(self.q),
+            "vendi_upper_bound": spec.vendi_upper_bound(self.q),
             "dse_rows": int(len(self._dse_rows())), "rbf_sigma": self.rbf_sigma, "dse_sigma": self.diffusion_sigma,
         }
 

@@ -441,23 +441,39 @@ def diffusion_spectral_entropy(X: torch.Tensor, sigma: float, t: float = 1.0) ->
     return dse_from_eigenvalues(diffusion_eigenvalues(X, sigma), t)
 
 
+def dsmi_spectra(X: torch.Tensor, labels, sigma: float, repeats: int = 5, seed: int = 0,
+                 on_class: Callable[[int, int], None] | None = None) -> list[tuple[float, torch.Tensor, list[torch.Tensor]]]:
+    """What DSMI needs at every t, computed once: for each class with at least two members, (its share
+    ``n_c / N``, the diffusion eigenvalues within the class, those of ``repeats`` seeded random subsets
+    of the same size). ``on_class(done, total)`` reports progress."""
+    labels = np.asarray(labels)
+    if len(labels) != X.shape[0]:
+        raise ValueError(f"{len(labels)} labels for {X.shape[0]} samples")
+    gen, parts = torch.Generator().manual_seed(seed), []
+    classes = np.unique(labels)
+    for done, value in enumerate(classes):
+        if on_class is not None:
+            on_class(done, len(classes))
+        members = torch.from_numpy(np.flatnonzero(labels == value)).to(X.device)
+        if len(members) < 2:
+            continue
+        within = diffusion_eigenvalues(X[members], sigma)
+        random_sets = [diffusion_eigenvalues(X[torch.randperm(X.shape[0], generator=gen)[:len(members)].to(X.device)],
+                                             sigma) for _ in range(repeats)]
+        parts.append((len(members) / X.shape[0], within, random_sets))
+    return parts
+
+
+def dsmi_from_spectra(parts: list[tuple[float, torch.Tensor, list[torch.Tensor]]], t: float = 1.0) -> float:
+    """DSMI(Z; Y) = ``sum_c (n_c/N) [mean_r DSE_t(random subset of size n_c) - DSE_t(Z | Y = c)]`` in bits,
+    from :func:`dsmi_spectra`."""
+    return float(sum(share * (np.mean([dse_from_eigenvalues(e, t) for e in random_sets]) - dse_from_eigenvalues(within, t))
+                     for share, within, random_sets in parts))
+
+
 def diffusion_spectral_mutual_information(X: torch.Tensor, labels, sigma: float, t: float = 1.0,
                                           repeats: int = 5, seed: int = 0) -> float:
     """DSMI(Z; Y) = ``sum_c (n_c/N) [mean_r DSE(random subset of size n_c) - DSE(Z | Y = c)]`` in bits:
     how much lower the entropy within a class is than that of a same-size random subset (larger =
-    more label information). Classes with one member contribute 0."""
-    labels = np.asarray(labels)
-    if len(labels) != X.shape[0]:
-        raise ValueError(f"{len(labels)} labels for {X.shape[0]} samples")
-    gen = torch.Generator().manual_seed(seed)
-    total = 0.0
-    for value in np.unique(labels):
-        members = torch.from_numpy(np.flatnonzero(labels == value)).to(X.device)
-        if len(members) < 2:
-            continue
-        conditional = diffusion_spectral_entropy(X[members], sigma, t)
-        random_sets = [diffusion_spectral_entropy(
-            X[torch.randperm(X.shape[0], generator=gen)[:len(members)].to(X.device)], sigma, t)
-            for _ in range(repeats)]
-        total += len(members) / X.shape[0] * (float(np.mean(random_sets)) - conditional)
-    return total
+    more label information). Classes with one member contribute 0 (Liao et al. 2023; formulas.md)."""
+    return dsmi_from_spectra(dsmi_spectra(X, labels, sigma, repeats, seed), t)

@@ -64,7 +64,8 @@ def _card(key: str, title: str, value, note: str = "") -> str:
 
 def cards_html(s: dict, notes: list[str], prefix: str = "", tag: str = "") -> str:
     """One row of score cards for the scores ``s`` of one analysis; ``prefix`` keeps B's classes apart."""
-    exactness = "exact" if s["exact"] else f"approximate ({s['spectrum']}, est. error {s['estimated_error']:.1%})"
+    exactness = "exact" if s["exact"] else (f"approximate ({s['spectrum']}, est. error {s['estimated_error']:.1%}, "
+                                       f"at most {s['vendi_upper_bound']:.4g})")
     dse_note = f"bits, t = {s['t']:g}, σ = {s['dse_sigma']:.3g}" + \
         ("" if s["dse_rows"] == s["n"] else f", seeded subsample of {s['dse_rows']}")
     cards = [

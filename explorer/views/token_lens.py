@@ -67,6 +67,13 @@ class TokenEntropyLens(pn.viewable.Viewer):
         self._fill_from_url()
         self.task = BackgroundTask()
         self._layout = self._build()
+        if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
+            pn.state.onload(self._score_on_open)  # served: score the text as soon as the page is shown
+
+    async def _score_on_open(self) -> None:
+        """The page opens on a scored text (the default one, or one linked from another page)."""
+        if self.study.text.strip() and self.study.trace is None:
+            await self._run("score")
 
     def _fill_from_url(self) -> None:
         """``?text=...&prompt=...&temperature=...`` (a link from another page) fill the form."""

@@ -98,6 +98,7 @@ def test_tiny_run_drill_down_and_reopen(app_url, page, screenshot, tmp_path):
     expect(field(lens, "Prompt", "textarea")).to_have_value("What is the capital of Japan?", timeout=30_000)
     expect(field(lens, "Text to score", "textarea")).not_to_have_value("", timeout=30_000)
     expect(field(lens, "Text to score", "textarea")).not_to_have_value(re.compile("quick brown fox"))
+    lens.locator(".lens-summary", has_text=re.compile("scored")).wait_for(timeout=180_000)  # scored on open
     screenshot(lens, "temperature_sample_in_lens")
     lens.close()
 
