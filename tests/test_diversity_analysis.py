@@ -190,3 +190,19 @@ def test_depth_profile_over_layers():
     assert analysis.scores()["vendi"] == pytest.approx(profile["vendi"][2], rel=1e-9)
     with pytest.raises(InputError, match="per-layer profile needs hidden states"):
         DiversityAnalysis(dataset=layers[0]).depth_profile()
+
+
+def test_settings_changed_during_a_computation_do_not_poison_the_cache():
+    data = clusters(n_per=30, seed=3)
+    analysis = DiversityAnalysis(dataset=data, kernel="cosine")
+
+    def compute_while_the_user_switches_kernel():
+        analysis.kernel = "rbf"  # what a widget does while a job runs in its thread
+        return "computed under mixed settings"
+
+    analysis.kernel = "cosine"
+    key_settings = analysis._kernel_keys()
+    assert analysis._cached("spectrum", key_settings, compute_while_the_user_switches_kernel) == \
+        "computed under mixed settings"
+    analysis.kernel = "cosine"
+    assert analysis.spectrum().method in ("dual", "exact")  # recomputed, not the value stored mid-switch

@@ -126,9 +126,16 @@ class DiversityAnalysis(param.Parameterized):
             return entry[1]
         if getattr(self._local, "read_only", False):
             raise NotComputed(name)
+        stamp = self._settings_stamp()
         value = compute()
-        self._cache[key] = (data, value)
+        if self._settings_stamp() == stamp:  # settings changed mid-compute (from the page): not for this key
+            self._cache[key] = (data, value)
         return value
+
+    def _settings_stamp(self) -> tuple:
+        """Every setting that feeds a computation (q and t only select from cached results)."""
+        return tuple((name, value if isinstance(value, (int, float, str, bool, type(None))) else id(value))
+                     for name, value in self.param.values().items() if name not in ("name", "q", "t"))
 
     def is_computed(self) -> bool:
         """True when every result for the current data and settings is cached."""
