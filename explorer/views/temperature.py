@@ -27,16 +27,18 @@ from explorer.errors import InputError
 from explorer.views.task import BackgroundTask
 
 FORM = ("model_name", "questions_path", "max_questions", "n_samples", "max_new_tokens", "seed", "batch_questions",
-        "equivalence_threshold", "nli_model", "correctness", "with_p_true", "with_inv_entropy", "n_perturbations", "replicates",
-        "bootstrap", "similarity_mapping", "db_path")
+        "equivalence_threshold", "nli_model", "correctness", "with_p_true", "with_inv_entropy", "perturbation", "n_perturbations",
+        "replicates", "bootstrap", "similarity_mapping", "db_path")
 INT_FIELDS = ("max_questions", "n_samples", "max_new_tokens", "seed", "batch_questions", "n_perturbations",
               "replicates", "bootstrap")
 PLOT = dict(height=330, responsive=True, show_grid=True, toolbar="right")
 TEAL, GREY, ORANGE = "#0f766e", "#64748b", "#c2410c"
-METHOD_NOTE = ("Inv-Entropy perturbations are paraphrases written by the model itself; MSP uses the most probable "
-               "sampled answer.")
+METHOD_NOTE = "MSP uses the most probable sampled answer."
+PERTURBATION_NOTE = ("Inv-Entropy perturbations: paraphrases written by the model itself, or GAAP (the paper's genetic "
+                     "algorithm over WordNet synonyms of the question's keywords), as chosen in the settings.")
 NO_RUN_NOTE = ("Semantic equivalence: NLI bidirectional entailment when an NLI model is named and can be loaded, "
-               "otherwise the offline fallback, embedding cosine >= threshold with all-MiniLM-L6-v2. " + METHOD_NOTE)
+               "otherwise the offline fallback, embedding cosine >= threshold with all-MiniLM-L6-v2. " + PERTURBATION_NOTE
+               + " " + METHOD_NOTE)
 
 
 def lens_url(prompt: str, text: str, temperature: float) -> str:
@@ -199,7 +201,8 @@ class TemperatureSensitivity(pn.viewable.Viewer):
         self._compare_options()
 
     # ------------------------------------------------------------------ views
-    @param.depends("study.max_questions", "study.n_samples", "study.with_inv_entropy", "study.n_perturbations",
+    @param.depends("study.max_questions", "study.n_samples", "study.with_inv_entropy", "study.perturbation",
+                   "study.n_perturbations",
                    "study.replicates", "temperatures_text")
     def _cost(self):
         try:
@@ -220,7 +223,8 @@ class TemperatureSensitivity(pn.viewable.Viewer):
     @param.depends("results")
     def _equivalence_note(self):
         text = NO_RUN_NOTE if self.results is None else \
-            f"Semantic equivalence in this run: {self.results.equivalence}. {METHOD_NOTE}"
+            (f"Semantic equivalence in this run: {self.results.equivalence}. "
+             f"Inv-Entropy perturbations in this run: {self.results.perturbation}. {METHOD_NOTE}")
         return pn.pane.Alert(html.escape(text), alert_type="info", sizing_mode="stretch_width",
                              css_classes=["equivalence-note"])
 
@@ -305,7 +309,8 @@ class TemperatureSensitivity(pn.viewable.Viewer):
             return hv.HeatMap(data, ["input j", "input i"], "similarity").opts(
                 title=title, cmap="viridis", colorbar=True, height=260, responsive=True, invert_yaxis=True,
                 tools=["hover"])
-        return pn.Column(pn.pane.Markdown(f"**Perturbed questions (T={temperature:g}, first replicate):**\n\n{listing}"),
+        return pn.Column(pn.pane.Markdown(f"**Perturbed questions (T={temperature:g}, first replicate; "
+                                          f"{html.escape(self.results.perturbation)}):**\n\n{listing}"),
                          pn.Row(pn.pane.HoloViews(heat(sim_x, "S_x: questions"), sizing_mode="stretch_width"),
                                 pn.pane.HoloViews(heat(sim_y, "S_y: answers"), sizing_mode="stretch_width"),
                                 sizing_mode="stretch_width"), sizing_mode="stretch_width")

@@ -67,7 +67,7 @@ def test_tiny_run_drill_down_and_reopen(app_url, page, screenshot, tmp_path):
     # a tiny run: 2 questions, 2 temperatures, N = 2, 6 tokens, one paraphrase
     set_text(page, "Temperatures (increasing)", "0.3, 1.2")
     for label, value in (("Questions", "2"), ("Samples per question (N)", "2"), ("Max new tokens", "6"),
-                         ("Paraphrases (n)", "1"), ("Replicates (r)", "1"), ("Bootstrap draws (B)", "3")):
+                         ("Perturbations (n)", "1"), ("Replicates (r)", "1"), ("Bootstrap draws (B)", "3")):
         set_text(page, label, value)
     expect(page.get_by_text(re.compile(r"18 generations")).first).to_be_visible()
     page.get_by_role("button", name="Start run").click()
