@@ -53,7 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--moves", type=int, default=40)
     args = parser.parse_args()
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     from explorer.models.language_model import load_language_model
 
@@ -66,13 +66,14 @@ def main() -> None:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"{url}?page=lens")
-            page.locator(".lens-summary", has_text="Score a text").wait_for(timeout=180_000)
+            page.locator(".lens-summary", has_text="scored").wait_for(timeout=180_000)  # default text, on open
+            default_tokens = page.locator(".lens-card-tokens").inner_text()
             box = page.locator(".bk-input-group", has=page.locator("label", has_text="Text to score")).locator(
                 "textarea")
             box.fill(text)
             box.press("Tab")
             page.get_by_role("button", name="Score text").click()
-            page.locator(".lens-summary", has_text="scored").wait_for(timeout=180_000)
+            expect(page.locator(".lens-card-tokens")).not_to_have_text(default_tokens, timeout=180_000)
             n_tokens = int(page.locator(".lens-card-tokens").inner_text())
             handle = page.locator(".noUi-handle").first
             handle.focus()

@@ -189,18 +189,8 @@ def test_gaap_study_checks_wordnet_before_starting(tmp_path):
 @pytest.mark.model
 def test_gaap_run_stores_perturbations_and_resumes(tmp_path, monkeypatch):
     from explorer.analyses.temperature import RunResults, TemperatureStudy, list_runs, resume_run
-    from explorer.progress import Cancelled, Progress
-
-    class StopAfter(Progress):
-        def __init__(self, calls):
-            super().__init__()
-            self.calls = calls
-
-        def update(self, done, total=1.0, text=None):
-            self.calls -= 1
-            if self.calls < 0:
-                self.cancel()
-            super().update(done, total, text)
+    from explorer.progress import Cancelled
+    from test_temperature_analysis import StopAfter
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     db = str(tmp_path / "runs.duckdb")
