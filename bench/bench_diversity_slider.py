@@ -21,10 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_slider_latency import serve  # noqa: E402
-from conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from conftest import chromium, served_app  # noqa: E402
 
 HOOK = """() => {
   const state = window.__dv = {t0: 0, last: 0, painted: 0, changes: 0};
@@ -61,33 +59,25 @@ def main() -> None:
     parser.add_argument("--moves", type=int, default=20)
     parser.add_argument("--source", default="Digits (8x8 pixels)")
     args = parser.parse_args()
-    from playwright.sync_api import sync_playwright
-
-    server, url = serve()
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 2000})
-            page.goto(f"{url}?page=diversity")
-            page.locator(".dv-card-vendi").wait_for(timeout=300_000)
-            page.locator(".dv-source select").select_option(label=args.source)
-            page.locator(".dv-summary", has_text=args.source.split()[0].lower()).wait_for(timeout=300_000)
-            page.locator(".dv-card-vendi").wait_for(timeout=300_000)
-            page.wait_for_timeout(5000)  # the plots' first render settles
-            page.evaluate(HOOK)
-            results = {}
-            for name in ("q", "t"):
-                handle = page.locator(f".dv-{name} .noUi-handle").first
-                handle.focus()
-                latencies = []
-                for move in range(args.moves):
-                    key = "ArrowRight" if (move // 4) % 2 == 0 else "ArrowLeft"
-                    latencies.append(move_and_time(page, handle, key))
-                results[name] = latencies
-            n = page.locator(".dv-card-n .dv-card-value").inner_text()
-            browser.close()
-    finally:
-        server.terminate()
+    with served_app() as url, chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 2000})
+        page.goto(f"{url}?page=diversity")
+        page.locator(".dv-card-vendi").wait_for(timeout=300_000)
+        page.locator(".dv-source select").select_option(label=args.source)
+        page.locator(".dv-summary", has_text=args.source.split()[0].lower()).wait_for(timeout=300_000)
+        page.locator(".dv-card-vendi").wait_for(timeout=300_000)
+        page.wait_for_timeout(5000)  # the plots' first render settles
+        page.evaluate(HOOK)
+        results = {}
+        for name in ("q", "t"):
+            handle = page.locator(f".dv-{name} .noUi-handle").first
+            handle.focus()
+            latencies = []
+            for move in range(args.moves):
+                key = "ArrowRight" if (move // 4) % 2 == 0 else "ArrowLeft"
+                latencies.append(move_and_time(page, handle, key))
+            results[name] = latencies
+        n = page.locator(".dv-card-n .dv-card-value").inner_text()
     for name, latencies in results.items():
         print(f"{name} slider move -> redrawn page, {args.source} (n = {n}), {len(latencies)} moves: "
               f"p50 {statistics.median(latencies):.0f} ms, p95 {percentile(latencies, 0.95):.0f} ms, "

@@ -19,75 +19,46 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from conftest import chromium, served_app  # noqa: E402
 
 TEXT = ("Entropy measures how uncertain a language model is about the next token. When the model has seen a "
         "phrase many times, the distribution is sharp and the entropy is low; when many continuations are "
         "plausible, it is high. ") * 8
 
 
-def serve():
-    import os
-    import socket
-    import subprocess
-    import urllib.request
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "panel", "serve", "apps/entropy_explorer.py", "--port", str(port)],
-                              cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://localhost:{port}/entropy_explorer"
-    for _ in range(240):
-        try:
-            urllib.request.urlopen(url, timeout=5)
-            return server, url
-        except OSError:
-            time.sleep(0.5)
-    server.kill()
-    raise SystemExit("the app did not start")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--moves", type=int, default=40)
     args = parser.parse_args()
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from explorer.models.language_model import load_language_model
 
     tokenizer = load_language_model().tokenizer
     ids = tokenizer(TEXT, add_special_tokens=False)["input_ids"][:256]
     text = tokenizer.decode(ids)
-    server, url = serve()
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"{url}?page=lens")
-            page.locator(".lens-summary", has_text="scored").wait_for(timeout=180_000)  # default text, on open
-            default_tokens = page.locator(".lens-card-tokens").inner_text()
-            box = page.locator(".bk-input-group", has=page.locator("label", has_text="Text to score")).locator(
-                "textarea")
-            box.fill(text)
-            box.press("Tab")
-            page.get_by_role("button", name="Score text").click()
-            expect(page.locator(".lens-card-tokens")).not_to_have_text(default_tokens, timeout=180_000)
-            n_tokens = int(page.locator(".lens-card-tokens").inner_text())
-            handle = page.locator(".noUi-handle").first
-            handle.focus()
-            latencies, temperature = [], 1.0
-            for move in range(args.moves):
-                key = "ArrowRight" if move < args.moves // 2 else "ArrowLeft"
-                temperature = round(temperature + (0.05 if key == "ArrowRight" else -0.05), 2)
-                started = time.perf_counter()
-                handle.press(key)
-                page.locator(".lens-summary", has_text=f"T = {temperature:.2f}").wait_for(timeout=30_000)
-                latencies.append((time.perf_counter() - started) * 1e3)
-            browser.close()
-    finally:
-        server.terminate()
+    with served_app() as url, chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{url}?page=lens")
+        page.locator(".lens-summary", has_text="scored").wait_for(timeout=180_000)  # default text, on open
+        default_tokens = page.locator(".lens-card-tokens").inner_text()
+        box = page.locator(".bk-input-group", has=page.locator("label", has_text="Text to score")).locator(
+            "textarea")
+        box.fill(text)
+        box.press("Tab")
+        page.get_by_role("button", name="Score text").click()
+        expect(page.locator(".lens-card-tokens")).not_to_have_text(default_tokens, timeout=180_000)
+        n_tokens = int(page.locator(".lens-card-tokens").inner_text())
+        handle = page.locator(".noUi-handle").first
+        handle.focus()
+        latencies, temperature = [], 1.0
+        for move in range(args.moves):
+            key = "ArrowRight" if move < args.moves // 2 else "ArrowLeft"
+            temperature = round(temperature + (0.05 if key == "ArrowRight" else -0.05), 2)
+            started = time.perf_counter()
+            handle.press(key)
+            page.locator(".lens-summary", has_text=f"T = {temperature:.2f}").wait_for(timeout=30_000)
+            latencies.append((time.perf_counter() - started) * 1e3)
     latencies.sort()
     p95 = latencies[min(len(latencies) - 1, int(round(0.95 * (len(latencies) - 1))))]
     print(f"slider move -> redrawn page, {n_tokens} tokens, {len(latencies)} moves: p50 {statistics.median(latencies):.0f} ms, "

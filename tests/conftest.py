@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,52 +28,73 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def app_url():
-    """Serve ``apps/entropy_explorer.py`` with ``panel serve`` on a free loopback port for the session."""
+@contextmanager
+def served_app(log_path: Path | None = None):
+    """``panel serve apps/entropy_explorer.py`` on a free loopback port (offline); yields the app's URL.
+    Used by the tests' ``app_url`` fixture and by the browser benchmarks."""
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    log_path = ROOT / "assets" / "screenshots" / f"server-{port}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "w")
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "w") if log_path is not None else subprocess.DEVNULL
     server = subprocess.Popen(
         [sys.executable, "-m", "panel", "serve", "apps/entropy_explorer.py", "--port", str(port),
          "--address", "127.0.0.1", f"--allow-websocket-origin=127.0.0.1:{port}"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}/entropy_explorer"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"panel serve exited early; see {log_path}")
-        try:
-            urllib.request.urlopen(url, timeout=5)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        server.kill()
-        raise RuntimeError(f"panel serve did not answer within 300 s; see {log_path}")
-    yield url
-    server.terminate()
+    where = f"; see {log_path}" if log_path is not None else ""
     try:
-        server.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        server.kill()
-    log.close()
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if server.poll() is not None:
+                raise RuntimeError(f"panel serve exited early{where}")
+            try:
+                urllib.request.urlopen(url, timeout=5)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError(f"panel serve did not answer within 300 s{where}")
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        if log_path is not None:
+            log.close()
 
 
-@pytest.fixture(scope="session")
-def browser():
+@contextmanager
+def chromium():
     """Debian's Chromium, headless, driven by Playwright (its own browser download is not used)."""
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: `bash dev.sh test` installs Debian's chromium.")
+        raise RuntimeError(f"{CHROMIUM} is missing: `bash dev.sh test` installs Debian's chromium.")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="session")
+def app_url():
+    """The served app for the whole session; its log goes to ``assets/screenshots/server-<pid>.log``."""
+    with served_app(SCREENSHOTS / f"server-{os.getpid()}.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `bash dev.sh test` installs Debian's chromium.")
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture
