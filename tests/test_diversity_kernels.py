@@ -282,3 +282,13 @@ def test_bad_arguments():
         vendi_score(torch.eye(3), kernel="nope")
     with pytest.raises(ValueError):
         diffusion_spectral_mutual_information(torch.eye(3), [0, 1], sigma=1.0)
+
+
+@pytest.mark.parametrize("q", [0.0, 0.5, 1.0, 2.0, 3.0, math.inf])
+def test_flat_tail_entropy_without_the_n_vector_equals_the_vector(q):
+    from explorer.kernels.diversity import _flat_tail_entropy, _with_flat_tail
+
+    top = torch.tensor([40.0, 7.0, 3.0, 0.5, 0.0])
+    for n, trace in ((500, 100.0), (500, 50.5), (5, 50.5)):  # a tail, no missing trace, no room for a tail
+        expected = Spectrum(_with_flat_tail(top, n, trace), n).entropy(q)
+        assert _flat_tail_entropy(top, n, trace, q) == pytest.approx(expected, rel=1e-12, abs=1e-12)

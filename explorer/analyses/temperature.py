@@ -33,6 +33,7 @@ from explorer.data.questions import DEFAULT_QUESTIONS, is_correct, load_question
 from explorer.data.store import SAMPLE_COLUMNS, ResultsStore, default_db_path
 from explorer.errors import InputError
 from explorer.kernels import uncertainty as unc
+from explorer.kernels.diversity import vendi_score
 from explorer.kernels.entropy import log_probs
 from explorer.models.sampling import Sample, batch_seed, sample_answers
 from explorer.progress import Progress
@@ -278,7 +279,7 @@ def answer_measures(texts: list[str], token_lp, token_ent, embeddings: torch.Ten
     cos = (embeddings @ embeddings.T).double().clamp(-1, 1)
     sim = unc.cosine_to_similarity(cos, mapping)
     ids = unc.semantic_clusters(equivalence) if equivalence is not None else unc.semantic_clusters(cos, threshold)
-    out = {
+    return {
         "msp": float(-seq_lp.max()), "mean_token_entropy": float(unc.mean_token_entropy(ent, mask).mean()),
         "mc_entropy": float(unc.mc_sequence_entropy(seq_lp)),
         "mc_entropy_norm": float(unc.mc_sequence_entropy(seq_lp, lengths)),
@@ -287,13 +288,8 @@ def answer_measures(texts: list[str], token_lp, token_ent, embeddings: torch.Ten
         "semantic_sets": float(unc.number_of_semantic_sets(ids)), "eigv": float(unc.eigv(sim)),
         "degree": float(unc.degree(sim)), "eccentricity": float(unc.eccentricity(sim)),
         "lexical": unc.lexical_similarity(texts), "kle": float(unc.kernel_language_entropy(sim)),
+        "vendi": float(vendi_score(K=sim.float())),
     }
-    try:
-        from explorer.kernels.diversity import vendi_score
-    except ImportError:
-        return out
-    out["vendi"] = float(vendi_score(K=sim.float()))
-    return out
 
 
 def inv_entropy_bootstrap(x_emb: torch.Tensor, y_emb: torch.Tensor, bootstrap: int, seed: int, mapping: str) -> float:

@@ -315,8 +315,10 @@ def _flat_tail_entropy(top: torch.Tensor, n: int, trace: float, q: float) -> flo
 
 def _with_flat_tail(top: torch.Tensor, n: int, trace: float) -> torch.Tensor:
     """Normalised Nystrom eigenvalues completed to n: the trace the low-rank part misses
-    (``tr K - sum top``, known exactly) is spread evenly over the ``n - r`` remaining eigenvalues."""
+    (``tr K - sum top``, known exactly) is spread evenly over the ``n - r`` remaining eigenvalues
+    (r = the number of positive ones)."""
     top = top.double().clamp_min(0).sort(descending=True).values
+    top = top[top > 0]  # a zero Nystrom eigenvalue is a free slot for the tail
     missing = max(trace - float(top.sum()), 0.0)
     tail = torch.full((n - top.numel(),), missing / max(n - top.numel(), 1), dtype=torch.float64, device=top.device)
     return _normalised(torch.cat([top, tail]))
