@@ -41,14 +41,14 @@ def main() -> None:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{url}?page=lens")
         page.locator(".lens-summary", has_text="scored").wait_for(timeout=180_000)  # default text, on open
-        default_tokens = page.locator(".lens-card-tokens").inner_text()
+        default_tokens = page.locator(".lens-card-tokens-value").inner_text()
         box = page.locator(".bk-input-group", has=page.locator("label", has_text="Text to score")).locator(
             "textarea")
         box.fill(text)
         box.press("Tab")
         page.get_by_role("button", name="Score text").click()
-        expect(page.locator(".lens-card-tokens")).not_to_have_text(default_tokens, timeout=180_000)
-        n_tokens = int(page.locator(".lens-card-tokens").inner_text())
+        expect(page.locator(".lens-card-tokens-value")).not_to_have_text(default_tokens, timeout=180_000)
+        n_tokens = int(page.locator(".lens-card-tokens-value").inner_text())
         handle = page.locator(".noUi-handle").first
         handle.focus()
         latencies, temperature = [], 1.0

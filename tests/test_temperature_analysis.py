@@ -20,8 +20,9 @@ import pandas as pd
 import pytest
 import torch
 
-from explorer.analyses.temperature import (MEASURE_LABELS, RunComparison, RunResults, TemperatureStudy, answer_measures,
-                                           export_run, inv_entropy_bootstrap, list_runs, resume_run)
+from explorer.analyses.runs import RunComparison, RunResults, export_run, list_runs
+from explorer.analyses.temperature import TemperatureAnalysis, parse_temperatures, resume_run
+from explorer.analyses.uncertainty_measures import MEASURE_LABELS, answer_measures, inv_entropy_bootstrap
 from explorer.data.store import ResultsStore
 from explorer.errors import InputError
 from explorer.kernels import uncertainty as unc
@@ -36,13 +37,34 @@ ROOT = Path(__file__).resolve().parents[1]
 ])
 def test_bad_settings(temps, n, message):
     with pytest.raises(InputError, match=message):
-        TemperatureStudy(temperatures=temps, n_samples=n).validate()
+        TemperatureAnalysis(temperatures=temps, n_samples=n).validate()
+
+
+@pytest.mark.parametrize("text, expected", [("0.3, 0.7; 1.4", [0.3, 0.7, 1.4]), ([0.5, 1], [0.5, 1.0])])
+def test_temperatures_from_text_or_list(text, expected):
+    assert parse_temperatures(text) == expected
+    with pytest.raises(InputError, match="numbers"):
+        parse_temperatures("0.3, warm")
+
+
+def test_the_sweep_command_shares_the_analysis_defaults():
+    from explorer.cli_sweep import FLAG_NAMES, NOT_FLAGS, parser
+
+    args = parser().parse_args([])
+    defaults = TemperatureAnalysis()
+    for name in TemperatureAnalysis.param:
+        if name not in NOT_FLAGS:
+            expected = getattr(defaults, name)
+            value = parse_temperatures(args.temperatures) if name == "temperatures" else getattr(args, name)
+            assert value == expected, name
+    flags = parser().format_help()
+    assert all(flag in flags for flag in FLAG_NAMES.values()) and "--correctness-threshold" in flags
 
 
 def test_cost_counts_every_generation():
-    study = TemperatureStudy(max_questions=3, temperatures=[0.3, 1.0], n_samples=4, n_perturbations=2, replicates=2)
+    study = TemperatureAnalysis(max_questions=3, temperatures=[0.3, 1.0], n_samples=4, n_perturbations=2, replicates=2)
     assert study.generations() == 2 * (3 * 4 + 3 * 3 * 2) + 3 * 2
-    assert TemperatureStudy(max_questions=3, temperatures=[0.3, 1.0], n_samples=4, with_inv_entropy=False).generations() == 24
+    assert TemperatureAnalysis(max_questions=3, temperatures=[0.3, 1.0], n_samples=4, with_inv_entropy=False).generations() == 24
 
 
 def test_answer_measures_by_hand():
@@ -86,7 +108,7 @@ class StopAfter(Progress):
 def test_end_to_end_stop_and_resume(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     db = str(tmp_path / "runs.duckdb")
-    study = TemperatureStudy(max_questions=2, temperatures=[0.3, 1.2], n_samples=2, max_new_tokens=6,
+    study = TemperatureAnalysis(max_questions=2, temperatures=[0.3, 1.2], n_samples=2, max_new_tokens=6,
                              batch_questions=2, n_perturbations=1, replicates=2, bootstrap=5, db_path=db)
     with pytest.raises(Cancelled):
         study.run(StopAfter(2))
@@ -108,9 +130,9 @@ def test_end_to_end_stop_and_resume(tmp_path, monkeypatch):
     assert {"se_discrete", "inv_entropy", "p_true", "eigv", "correct"} <= set(results.measure_names + ["correct"])
     u = results.u_matrix("se_discrete")
     assert u.shape == (2, 2) and u.notna().all().all()
-    assert list(results.tsu_table.columns) == ["TSU(0.3, 1.2)"]
-    assert results.tsu_table.to_numpy().min() >= 0
-    assert set(results.evaluation.columns) == {"AUROC", "PRR"}
+    assert list(results.tsu_table().columns) == ["TSU(0.3, 1.2)"]
+    assert results.tsu_table().to_numpy().min() >= 0
+    assert set(results.evaluation().columns) == {"AUROC", "PRR"}
     assert all(len(ids) == len(lp) for ids, lp in zip(s["token_ids"], s["token_log_probs"]))
 
 
@@ -231,15 +253,15 @@ def test_comparison_of_two_stored_runs(tmp_path):
     b = curves[curves.run == "B"]
     assert b["mean"].tolist() == pytest.approx([0.4 / 3, 0.4 / 3, 1.0 / 3]) and b["questions"].tolist() == [3, 3, 3]
     assert set(cmp.mean_curves()["measure"]) == {"se_discrete"}
-    tsu = cmp.tsu
+    tsu = cmp.tsu()
     label = MEASURE_LABELS["se_discrete"]
     assert tsu.loc[label, "A: TSU(0.3, 1)"] == pytest.approx(200 / 3)        # rows 1 and 3 rise, row 2 ties
     assert tsu.loc[label, "B: TSU(0.3-1.4)"] == pytest.approx(100 / 3)       # only row 1 rises strictly all along
     assert tsu.loc[label, "B: TSU(0.3, 1.4)"] == pytest.approx(200 / 3)
     assert math.isnan(tsu.loc[MEASURE_LABELS["mc_entropy"], "B: TSU(0.3, 0.7)"])   # not measured in run B
     assert tsu.loc[MEASURE_LABELS["mc_entropy"], "A: TSU(0.3, 1)"] == pytest.approx(200 / 3)
-    assert cmp.overview.loc["B", "temperatures"] == "0.3, 0.7, 1.4"
-    assert "offline fallback" in cmp.overview.loc["A", "equivalence"]
+    assert cmp.overview().loc["B", "temperatures"] == "0.3, 0.7, 1.4"
+    assert "offline fallback" in cmp.overview().loc["A", "equivalence"]
 
 
 def test_export_run_zip_of_parquet(tmp_path):

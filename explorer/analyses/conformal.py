@@ -21,6 +21,7 @@ import param
 import torch
 from scipy import stats
 
+from explorer.analyses.base import Analysis, result
 from explorer.data.classifier_outputs import ClassifierOutputs
 from explorer.errors import InputError
 from explorer.kernels import conformal as cp
@@ -32,35 +33,13 @@ ALPHA_GRID = np.round(np.arange(0.01, 0.505, 0.01), 3)
 BAND = (0.05, 0.95)
 
 
-SOURCES = {"Digits: small MLP": "digits", "Digits: overconfident MLP (logits x 4)": "digits_overconfident",
-           "LLM multiple choice (SmolLM2-135M)": "mcq", "Uploaded file": "upload"}
-
-
-def load_source(source: str, progress: Progress | None = None, files: dict[str, bytes] | None = None,
-                kind: str = "auto") -> ClassifierOutputs:
-    """The outputs behind one data source of the page (``files``/``kind`` for an upload)."""
-    if source in ("digits", "digits_overconfident"):
-        from explorer.data.digits_classifier import load_digits_outputs
-
-        return load_digits_outputs(overconfident=source == "digits_overconfident", progress=progress)
-    if source == "mcq":
-        from explorer.data.mcq import mcq_outputs
-
-        return mcq_outputs(progress=progress)
-    if source == "upload":
-        from explorer.data.classifier_outputs import read_uploaded
-
-        return read_uploaded(files or {}, kind)
-    raise InputError(f"Unknown data source {source!r}; choose one of {list(SOURCES.values())}.")
-
-
 def minimum_calibration_rows(alpha: float) -> int:
     """The smallest n with k = ceil((n + 1)(1 - alpha)) <= n, i.e. n >= 1/alpha - 1 (a finite threshold)."""
     exact = 1 / Fraction(repr(float(alpha))) - 1
     return max(1, math.ceil(exact))
 
 
-class ConformalAnalysis(param.Parameterized):
+class ConformalAnalysis(Analysis):
     """Split-conformal prediction sets over stored classifier outputs, with coverage diagnostics."""
 
     outputs = param.ClassSelector(class_=ClassifierOutputs, default=None, allow_None=True,
@@ -79,18 +58,6 @@ class ConformalAnalysis(param.Parameterized):
 
     TUNING_FRACTION = 0.2
 
-    def __init__(self, **params):
-        super().__init__(**params)
-        self._cache: dict[str, tuple[tuple, object]] = {}
-
-    def _memo(self, name: str, key: tuple, compute):
-        entry = self._cache.get(name)
-        if entry is not None and entry[0] == key:
-            return entry[1]
-        value = compute()
-        self._cache[name] = (key, value)
-        return value
-
     # ------------------------------------------------------------------------- data and split
     @property
     def data(self) -> ClassifierOutputs:
@@ -102,14 +69,19 @@ class ConformalAnalysis(param.Parameterized):
     def uses_tuning(self) -> bool:
         return self.method == "raps" and self.raps_tuning
 
+    def not_computed_message(self, name: str) -> str:
+        return "Computing the sets…"
+
+    def compute_steps(self):
+        return [("Calibration scores", self.sorted_calibration_scores), ("Test sets", self.test_sets),
+                ("Entropy of the test rows", self.test_entropy), ("Coverage over alpha", self.alpha_curve),
+                ("Coverage over random splits", self.split_coverage), ("Example rows", self.examples),
+                ("Summary", self.summary), ("Tables", lambda progress: (self.size_table(), self.class_table(),
+                                                                        self.coverage_density()))]
+
+    @result("outputs", "calibration_fraction", "seed", "method", "raps_tuning")
     def split(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Row indices (calibration, RAPS tuning, test), seeded; tuning rows come out of calibration."""
-        return self._memo("split", self._split_key(), self._compute_split)
-
-    def _split_key(self) -> tuple:
-        return (self.outputs, self.calibration_fraction, self.seed, self.uses_tuning)
-
-    def _compute_split(self):
         total = self.data.num_rows
         if total < 2:
             raise InputError("Need at least 2 rows to split into calibration and test sets.")
@@ -121,14 +93,21 @@ class ConformalAnalysis(param.Parameterized):
             raise InputError(f"RAPS tuning needs more calibration rows (have {n_calibration}); turn tuning off.")
         return calibration[n_tuning:], calibration[:n_tuning], test
 
+    @result("outputs", "seed", "method", "randomised")
     def uniforms(self) -> torch.Tensor | None:
         """One U ~ Uniform(0, 1) per row for randomised APS/RAPS (seeded), else None."""
         if not (self.randomised and self.method in ("aps", "raps")):
             return None
-        key = (self.outputs, self.seed)
-        return self._memo("uniforms", key, lambda: torch.rand(
-            self.data.num_rows, generator=torch.Generator().manual_seed(10_000 + self.seed), dtype=torch.float64))
+        return torch.rand(self.data.num_rows, generator=torch.Generator().manual_seed(10_000 + self.seed),
+                          dtype=torch.float64)
 
+    def _raps_key(self) -> tuple:
+        """What RAPS's parameters depend on besides the split: alpha when tuned, the user's values when not."""
+        if self.method != "raps":
+            return ()
+        return ("tuned", self.alpha) if self.raps_tuning else ("fixed", self.raps_lambda, self.raps_k_reg)
+
+    @result("split", "uniforms", "method", "raps_tuning", heavy=True, key="_raps_key")
     def raps_parameters(self) -> tuple[float, int]:
         """(lambda, k_reg): tuned on the held-out calibration rows (paper) or the user's values."""
         if self.method != "raps":
@@ -137,43 +116,47 @@ class ConformalAnalysis(param.Parameterized):
             return float(self.raps_lambda), int(self.raps_k_reg)
         _, tuning, _ = self.split()
         u = self.uniforms()
-        key = (self._split_key(), self.alpha, self.randomised)
-        return self._memo("raps", key, lambda: cp.tune_raps(
-            self.data.probs[tuning], self.data.labels[tuning], self.alpha, u=None if u is None else u[tuning]))
+        return cp.tune_raps(self.data.probs[tuning], self.data.labels[tuning], self.alpha,
+                            u=None if u is None else u[tuning])
 
     # ------------------------------------------------------------------------- scores (once per data set)
-    def _score_key(self) -> tuple:
-        return (self.outputs, self.method, self.uniforms() is not None, self.seed, self.raps_parameters())
-
+    @result("outputs", "method", "uniforms", "raps_parameters", heavy=True)
     def ranked(self) -> cp.RankedScores:
         """Every row's label scores in rank order (sorted once per data set and score)."""
         lam, k_reg = self.raps_parameters()
-        return self._memo("ranked", self._score_key(), lambda: cp.rank_scores(
-            self.data.probs, self.method, u=self.uniforms(), lam=lam, k_reg=k_reg))
+        return cp.rank_scores(self.data.probs, self.method, u=self.uniforms(), lam=lam, k_reg=k_reg)
 
+    @result("ranked", heavy=True)
     def true_scores(self) -> torch.Tensor:
         """s(x_i, y_i) for every row."""
-        return self._memo("true", self._score_key(), lambda: cp.ranked_true_scores(self.ranked(), self.data.labels))
+        return cp.ranked_true_scores(self.ranked(), self.data.labels)
 
+    @result("true_scores", "split", heavy=True)
     def sorted_calibration_scores(self) -> torch.Tensor:
         calibration, _, _ = self.split()
-        key = (self._score_key(), self._split_key())
-        return self._memo("sorted_cal", key, lambda: self.true_scores()[calibration].sort().values)
+        return self.true_scores()[calibration].sort().values
 
     # ------------------------------------------------------------------------- per alpha
-    def threshold(self, alpha: float | None = None) -> torch.Tensor:
+    @result("sorted_calibration_scores", "class_conditional", "alpha")
+    def threshold(self) -> torch.Tensor:
         """qhat (0-d), or one per class when class-conditional."""
-        alpha = self.alpha if alpha is None else alpha
+        return self._threshold_at(self.alpha)
+
+    def _threshold_at(self, alpha: float) -> torch.Tensor:
         if self.class_conditional:
             calibration, _, _ = self.split()
             return cp.class_thresholds(self.true_scores()[calibration], self.data.labels[calibration],
                                        self.data.num_classes, alpha)
         return cp.order_statistic(self.sorted_calibration_scores(), alpha)
 
-    def test_sizes_and_coverage(self, alpha: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    @result("threshold")
+    def test_sizes_and_coverage(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Set size and whether the true label is in the set, for every test row."""
+        return self._sizes_at(self.threshold())
+
+    def _sizes_at(self, qhat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Set sizes and coverage of the test rows at threshold(s) ``qhat`` (the alpha curve reads a grid)."""
         _, _, test = self.split()
-        qhat = self.threshold(alpha)
         ranked_test = self.ranked().scores[test]
         true = self.true_scores()[test]
         if self.class_conditional:
@@ -182,6 +165,7 @@ class ConformalAnalysis(param.Parameterized):
             return sizes, true <= qhat[self.data.labels[test]]
         return cp.set_sizes_from_ranked(ranked_test, qhat), true <= qhat
 
+    @result("threshold", heavy=True)
     def test_sets(self) -> torch.Tensor:
         """The prediction sets of the test rows at the current alpha: bool ``[n_test, K]``."""
         _, _, test = self.split()
@@ -194,6 +178,7 @@ class ConformalAnalysis(param.Parameterized):
         return cp.sets_from_ranked(cp.RankedScores(ranked.scores[test], ranked.labels[test]), sizes)
 
     # ------------------------------------------------------------------------- summaries
+    @result("test_sizes_and_coverage", "test_entropy", "raps_parameters")
     def summary(self) -> dict:
         """The headline numbers at the current settings."""
         calibration, tuning, test = self.split()
@@ -216,6 +201,7 @@ class ConformalAnalysis(param.Parameterized):
             "raps_lambda": lam, "raps_k_reg": k_reg, "accuracy": self.data.accuracy,
         }
 
+    @result("threshold")
     def warnings(self) -> list[str]:
         """Plain-language cautions about the current settings (too few calibration rows, ...)."""
         calibration, _, _ = self.split()
@@ -233,6 +219,7 @@ class ConformalAnalysis(param.Parameterized):
                              f"{need}): their threshold is +inf and they are in every set: {', '.join(small[:10])}.")
         return notes
 
+    @result("test_sizes_and_coverage")
     def size_table(self) -> pd.DataFrame:
         """Rows per set size 0..K and the coverage among them (size-stratified coverage)."""
         sizes, hit = self.test_sizes_and_coverage()
@@ -240,6 +227,7 @@ class ConformalAnalysis(param.Parameterized):
         coverage, counts = cp.size_stratified_coverage(sizes, hit, k)
         return pd.DataFrame({"size": np.arange(k + 1), "rows": counts.numpy(), "coverage": coverage.numpy()})
 
+    @result("test_sizes_and_coverage")
     def class_table(self) -> pd.DataFrame:
         """Test rows and coverage per true class (with its threshold when class-conditional)."""
         _, _, test = self.split()
@@ -247,16 +235,13 @@ class ConformalAnalysis(param.Parameterized):
         coverage, counts = cp.per_class_coverage(hit, self.data.labels[test], self.data.num_classes)
         return pd.DataFrame({"class": list(self.data.class_names), "rows": counts.numpy(), "coverage": coverage.numpy()})
 
-    def alpha_curve(self) -> pd.DataFrame:
+    @result("sorted_calibration_scores", "class_conditional", heavy=True)
+    def alpha_curve(self, progress: Progress | None = None) -> pd.DataFrame:
         """Coverage, mean set size and C-IP estimate over a grid of alpha on the current split."""
-        key = (self._score_key(), self._split_key(), self.class_conditional)
-        return self._memo("curve", key, self._compute_alpha_curve)
-
-    def _compute_alpha_curve(self) -> pd.DataFrame:
         calibration, _, _ = self.split()
         rows = []
         for alpha in ALPHA_GRID:
-            sizes, hit = self.test_sizes_and_coverage(float(alpha))
+            sizes, hit = self._sizes_at(self._threshold_at(float(alpha)))
             a, b = cp.coverage_beta_parameters(len(calibration), float(alpha))
             low, high = (1.0, 1.0) if b == 0 else stats.beta.ppf(BAND, a, b)
             rows.append({"alpha": float(alpha), "target": 1 - alpha, "coverage": float(hit.double().mean()),
@@ -264,20 +249,19 @@ class ConformalAnalysis(param.Parameterized):
                          "cip_bits": self.cip_bits(sizes, hit, float(alpha))})
         return pd.DataFrame(rows)
 
-    def split_coverage(self) -> np.ndarray:
+    @result("true_scores", "split", "alpha", "n_splits", "class_conditional", heavy=True)
+    def split_coverage(self, progress: Progress | None = None) -> np.ndarray:
         """Test coverage over ``n_splits`` seeded random splits of the same size (scores fixed)."""
         calibration, tuning, _ = self.split()
-        key = (self._score_key(), len(calibration), len(tuning), self.alpha, self.n_splits, self.class_conditional)
-        def compute():
-            labels = self.data.labels if self.class_conditional else None
-            rows = torch.ones(self.data.num_rows, dtype=torch.bool)
-            rows[tuning] = False  # tuning rows are never calibration or test rows
-            scores = self.true_scores()[rows]
-            return cp.split_coverages(scores, len(calibration), self.alpha, self.n_splits,
-                                      torch.Generator().manual_seed(self.seed), None if labels is None else labels[rows],
-                                      self.data.num_classes).numpy()
-        return self._memo("splits", key, compute)
+        labels = self.data.labels if self.class_conditional else None
+        rows = torch.ones(self.data.num_rows, dtype=torch.bool)
+        rows[tuning] = False  # tuning rows are never calibration or test rows
+        scores = self.true_scores()[rows]
+        return cp.split_coverages(scores, len(calibration), self.alpha, self.n_splits,
+                                  torch.Generator().manual_seed(self.seed), None if labels is None else labels[rows],
+                                  self.data.num_classes).numpy()
 
+    @result("split", "alpha")
     def coverage_law(self) -> dict:
         """The Beta(n+1-l, l) law of coverage over calibration draws and its finite-test (beta-binomial) band."""
         calibration, _, test = self.split()
@@ -290,12 +274,24 @@ class ConformalAnalysis(param.Parameterized):
         return {"a": a, "b": b, "mean": a / (a + b), "low": low, "high": high, "test_low": test_low,
                 "test_high": test_high}
 
+    @result("split_coverage", "coverage_law")
+    def coverage_density(self) -> dict[str, np.ndarray]:
+        """The split coverages as a density histogram (``edges``, ``density``) and the Beta law's density
+        on the same range (``grid``, ``pdf``; empty when coverage is 1 on every draw)."""
+        coverages, law = self.split_coverage(), self.coverage_law()
+        low, high = min(coverages.min(), law["test_low"]), max(coverages.max(), law["test_high"])
+        edges = np.linspace(low - 0.005, high + 0.005, 31)
+        density, _ = np.histogram(coverages, edges, density=True)
+        grid = np.linspace(edges[0], edges[-1], 200) if law["b"] > 0 else np.array([])
+        pdf = stats.beta.pdf(grid, law["a"], law["b"]) if law["b"] > 0 else np.array([])
+        return {"edges": edges, "density": density, "grid": grid, "pdf": pdf}
+
     # ------------------------------------------------------------------------- entropy link
+    @result("outputs", "split", heavy=True)
     def test_entropy(self) -> torch.Tensor:
         """Predictive entropy (bits) of every test row."""
         _, _, test = self.split()
-        return self._memo("entropy", self._split_key(),
-                          lambda: cp.predictive_entropy_bits(self.data.probs[test]))
+        return cp.predictive_entropy_bits(self.data.probs[test])
 
     def cip_bits(self, sizes: torch.Tensor, hit: torch.Tensor, alpha: float | None = None) -> float:
         calibration, _, _ = self.split()
@@ -303,12 +299,9 @@ class ConformalAnalysis(param.Parameterized):
                                          self.data.num_classes))
 
     # ------------------------------------------------------------------------- rows and export
-    def examples(self) -> pd.DataFrame:
+    @result("test_sets", "test_entropy", heavy=True)
+    def examples(self, progress: Progress | None = None) -> pd.DataFrame:
         """One line per test row: true label, its set, size, covered, top probability, entropy."""
-        key = (self._score_key(), self._split_key(), self.alpha, self.class_conditional)
-        return self._memo("examples", key, self._compute_examples)
-
-    def _compute_examples(self) -> pd.DataFrame:
         _, _, test = self.split()
         sets = self.test_sets()
         names = np.array(self.data.class_names)
@@ -323,6 +316,18 @@ class ConformalAnalysis(param.Parameterized):
             "p_true": probs.gather(1, labels.unsqueeze(1)).squeeze(1).numpy(),
             "entropy_bits": self.test_entropy().numpy(),
         })
+
+    def example_labels(self, row: int) -> pd.DataFrame:
+        """Every class of one test row: its probability, whether it is in the row's set, whether it is
+        the true label (for the example browser)."""
+        _, _, test = self.split()
+        position = torch.nonzero(test == int(row)).flatten()
+        if position.numel() == 0:
+            raise InputError(f"Row {row} is not a test row at these settings.")
+        in_set = self.test_sets()[int(position[0])].numpy()
+        true = np.arange(self.data.num_classes) == int(self.data.labels[int(row)])
+        return pd.DataFrame({"label": list(self.data.class_names), "probability": self.data.probs[int(row)].numpy(),
+                             "in_set": in_set, "true": true})
 
     def sets_csv(self) -> str:
         """The test rows' sets as CSV, with the settings in a comment header."""

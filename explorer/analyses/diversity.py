@@ -11,15 +11,14 @@ event loop.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import threading
 
 import numpy as np
 import pandas as pd
 import param
 import torch
 
+from explorer.analyses.base import Analysis, NotComputed, _Identity, result
 from explorer.data.embeddings import EmbeddingSet
 from explorer.errors import InputError
 from explorer.kernels.diversity import (
@@ -31,24 +30,27 @@ from explorer.kernels.diversity import (
     dsmi_spectra,
     kernel_spectrum,
     median_bandwidth,
+    pairwise_kernel,
 )
 from explorer.progress import Progress
+
+__all__ = ["DiversityAnalysis", "NotComputed", "comparison_frame"]
 
 Q_VALUES = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, math.inf]
 CURVE_Q = np.concatenate([np.linspace(0, 2, 21), np.linspace(2.5, 20, 36)])
 CURVE_T = np.linspace(0.25, 10, 40)
 DSMI_REPEATS = 5
+KERNEL_SETTINGS = ("kernel", "sigma", "degree", "center", "method", "approx_above", "landmarks", "seed")
+DIFFUSION_SETTINGS = ("dse_sigma", "approx_above", "seed")
 
 
-class NotComputed(LookupError):
-    """A read inside :meth:`DiversityAnalysis.reading` needed a result that is not cached yet."""
-
-
-class DiversityAnalysis(param.Parameterized):
+class DiversityAnalysis(Analysis):
     """Settings of one diversity study of ``dataset``; results are lazy and cached.
 
     With ``layers`` (one :class:`EmbeddingSet` per layer of a model, same rows), ``layer`` picks the
     one under study and :meth:`depth_profile` gives the entropy of every layer's representations.
+    Results computed for a data set are keyed by that object; those of a set no longer studied
+    (neither ``dataset`` nor one of ``layers``) are released.
     """
 
     dataset = param.ClassSelector(class_=EmbeddingSet, allow_None=True, doc="The embeddings under study.")
@@ -72,12 +74,10 @@ class DiversityAnalysis(param.Parameterized):
 
     def __init__(self, **params):
         super().__init__(**params)
-        self._cache: dict = {}
-        self._local = threading.local()
         if self.layers:
             self._on_layers()
 
-    # ------------------------------------------------------------------------------- helpers
+    # ------------------------------------------------------------------------------- data
     @param.depends("layers", watch=True)
     def _on_layers(self):
         """New per-layer sets: bound ``layer`` to them and study the chosen one."""
@@ -93,12 +93,12 @@ class DiversityAnalysis(param.Parameterized):
                 raise InputError(f"Layer {self.layer} does not exist: choose 0 to {len(self.layers) - 1}.")
             self.dataset = self.layers[self.layer]
 
-    @param.depends("dataset", watch=True)
-    def _prune(self):
-        """Forget results of data sets that are no longer studied (a layer of ``layers`` stays)."""
-        keep = {id(self.dataset)} | {id(s) for s in self.layers}
-        for key in [k for k in self._cache if k[1] not in keep]:
-            self._cache.pop(key, None)
+    @param.depends("dataset", "layers", watch=True)
+    def _release(self):
+        """Forget the results of data sets no longer studied (a layer of ``layers`` stays)."""
+        studied = [self.dataset, *self.layers]
+        self.forget(keep=lambda key: all(any(part.value is s for s in studied) for part in key[1]
+                                         if isinstance(part, _Identity)))
 
     def _data(self, data: EmbeddingSet | None = None) -> EmbeddingSet:
         data = data if data is not None else self.dataset
@@ -106,63 +106,24 @@ class DiversityAnalysis(param.Parameterized):
             raise InputError("No data loaded: choose a bundled set or upload a file.")
         return data
 
-    @contextlib.contextmanager
-    def reading(self):
-        """Within this block (in this thread) a read of an uncached result raises :class:`NotComputed`."""
-        before = getattr(self._local, "read_only", False)
-        self._local.read_only = True
-        try:
-            yield self
-        finally:
-            self._local.read_only = before
+    def not_computed_message(self, name: str) -> str:
+        return "computing…"
 
-    def _cached(self, name: str, keys: tuple, compute, data: EmbeddingSet | None = None):
-        """``compute()`` once per (name, data set, keys). The entry keeps its data set, so a new set
-        that reuses a freed one's ``id`` never sees the old results."""
-        data = self._data(data)
-        key = (name, id(data)) + keys
-        entry = self._cache.get(key)
-        if entry is not None and entry[0] is data:
-            return entry[1]
-        if getattr(self._local, "read_only", False):
-            raise NotComputed(name)
-        stamp = self._settings_stamp()
-        value = compute()
-        if self._settings_stamp() == stamp:  # settings changed mid-compute (from the page): not for this key
-            self._cache[key] = (data, value)
-        return value
+    def compute_steps(self):
+        steps = [("Eigenvalues of the kernel", lambda progress: self.spectrum(progress)),
+                 ("Eigenvalues of the diffusion matrix", lambda progress: self.diffusion_spectrum(progress)),
+                 ("Diffusion spectra for DSMI", self._dsmi_spectra),
+                 ("Vendi of seeded subsamples", self._subsample_spectra),
+                 ("Spectra within each group", self._group_spectra),
+                 ("Projection", self._projection)]
+        if self.layers:
+            steps.append(("Spectra of every layer", self._depth_spectra))
+        return steps
 
-    def _settings_stamp(self) -> tuple:
-        """Every setting that feeds a computation (q and t only select from cached results)."""
-        return tuple((name, value if isinstance(value, (int, float, str, bool, type(None))) else id(value))
-                     for name, value in self.param.values().items() if name not in ("name", "q", "t"))
-
-    def is_computed(self) -> bool:
-        """True when every result for the current data and settings is cached."""
-        if self.dataset is None:
-            return False
-        try:
-            with self.reading():
-                self.scores()
-                self.subsample_curve()
-                self.group_scores()
-                self.projection()
-                if self.layers:
-                    self.depth_profile()
-        except NotComputed:
-            return False
-        return True
-
-    def _kernel_keys(self) -> tuple:
-        return (self.kernel, self.sigma, self.degree, self.center, self.method, self.approx_above, self.landmarks,
-                self.seed)
-
-    def _features(self, data: EmbeddingSet | None = None) -> torch.Tensor:
-        """The rows the kernel sees: ``X``, or ``X`` minus its mean when ``center`` (cached)."""
-        data = self._data(data)
-        if not self.center:
-            return data.X
-        return self._cached("centred", (), lambda: data.X - data.X.double().mean(0).to(data.X.dtype), data)
+    @result("center", heavy=True)
+    def _features(self, data: EmbeddingSet) -> torch.Tensor:
+        """The rows the kernel sees: ``X``, or ``X`` minus its mean when ``center``."""
+        return data.X - data.X.double().mean(0).to(data.X.dtype) if self.center else data.X
 
     def _dse_rows(self, data: EmbeddingSet | None = None) -> torch.Tensor:
         """All rows, or a seeded subsample of ``approx_above`` rows when n is larger (DSE is O(n^3))."""
@@ -171,17 +132,17 @@ class DiversityAnalysis(param.Parameterized):
             return torch.arange(data.n)
         return torch.randperm(data.n, generator=torch.Generator().manual_seed(self.seed))[:self.approx_above]
 
-    def _median(self, data: EmbeddingSet | None = None) -> float:
-        data = self._data(data)
-        return self._cached("median", (), lambda: median_bandwidth(data.X), data)
+    @result(heavy=True)
+    def _median(self, data: EmbeddingSet) -> float:
+        return median_bandwidth(data.X)
 
     def _rbf_sigma(self, data: EmbeddingSet | None = None) -> float | None:
         if self.kernel != "rbf":
             return None
-        return self.sigma or self._median(data)
+        return self.sigma or self._median(self._data(data))
 
     def _diffusion_sigma(self, data: EmbeddingSet | None = None) -> float:
-        return self.dse_sigma or self._median(data)
+        return self.dse_sigma or self._median(self._data(data))
 
     @property
     def rbf_sigma(self) -> float | None:
@@ -195,66 +156,52 @@ class DiversityAnalysis(param.Parameterized):
     def _kernel_function(self):
         if self.kernel != "polynomial":
             return self.kernel
-        from explorer.kernels.diversity import pairwise_kernel
-
         degree = self.degree
         return lambda A, B: pairwise_kernel(A, B, "polynomial", degree=degree)
 
     # ------------------------------------------------------------------------------- spectra
     def spectrum(self, progress: Progress | None = None, data: EmbeddingSet | None = None) -> Spectrum:
         """The kernel spectrum of ``data`` (default: the data set) for the current kernel settings (cached)."""
-        data = self._data(data)
+        return self._spectrum_of(self._data(data), progress=progress)
 
-        def compute():
-            if progress is not None:
-                progress.update(0, 1, f"Eigenvalues of the {self.kernel} kernel (n = {data.n})")
-            return kernel_spectrum(self._features(data), kernel=self._kernel_function(), sigma=self._rbf_sigma(data),
-                                   method=self.method, landmarks=self.landmarks, approx_above=self.approx_above,
-                                   seed=self.seed)
-        return self._cached("spectrum", self._kernel_keys(), compute, data)
+    @result(*KERNEL_SETTINGS, heavy=True)
+    def _spectrum_of(self, data: EmbeddingSet, progress: Progress | None = None) -> Spectrum:
+        if progress is not None:
+            progress.update(0, 1, f"Eigenvalues of the {self.kernel} kernel (n = {data.n})")
+        return kernel_spectrum(self._features(data), kernel=self._kernel_function(), sigma=self._rbf_sigma(data),
+                               method=self.method, landmarks=self.landmarks, approx_above=self.approx_above,
+                               seed=self.seed)
 
     def diffusion_spectrum(self, progress: Progress | None = None, data: EmbeddingSet | None = None) -> torch.Tensor:
         """Eigenvalues of the diffusion matrix at the diffusion sigma (cached)."""
-        data = self._data(data)
+        return self._diffusion_of(self._data(data), progress=progress)
 
-        def compute():
-            if progress is not None:
-                progress.update(0, 1, "Eigenvalues of the diffusion matrix")
-            return diffusion_eigenvalues(data.X[self._dse_rows(data)].double(), self._diffusion_sigma(data))
-        return self._cached("diffusion", (self.dse_sigma, self.approx_above, self.seed), compute, data)
+    @result(*DIFFUSION_SETTINGS, heavy=True)
+    def _diffusion_of(self, data: EmbeddingSet, progress: Progress | None = None) -> torch.Tensor:
+        if progress is not None:
+            progress.update(0, 1, "Eigenvalues of the diffusion matrix")
+        return diffusion_eigenvalues(data.X[self._dse_rows(data)].double(), self._diffusion_sigma(data))
 
+    @result("dataset", *DIFFUSION_SETTINGS, heavy=True)
     def _dsmi_spectra(self, progress: Progress | None = None) -> list[tuple[float, torch.Tensor, list[torch.Tensor]]]:
         """Per class with >= 2 members: (share of rows, diffusion eigenvalues within the class, those of
         ``DSMI_REPEATS`` seeded random subsets of the same size), from
         :func:`explorer.kernels.diversity.dsmi_spectra`: DSMI at any t is then a cheap read."""
         data = self._data()
-
-        def compute():
-            rows = self._dse_rows()
-            labels = [data.labels[i] for i in rows]
-            report = None if progress is None else (
-                lambda done, total: progress.update(done, total, "Diffusion spectra for DSMI"))
-            return dsmi_spectra(data.X[rows].double(), labels, self._diffusion_sigma(), DSMI_REPEATS, self.seed,
-                                on_class=report)
-        return self._cached("dsmi", (self.dse_sigma, self.approx_above, self.seed), compute)
+        if data.labels is None:
+            return []
+        rows = self._dse_rows()
+        labels = [data.labels[i] for i in rows]
+        report = None if progress is None else (
+            lambda done, total: progress.update(done, total, "Diffusion spectra for DSMI"))
+        return dsmi_spectra(data.X[rows].double(), labels, self._diffusion_sigma(), DSMI_REPEATS, self.seed,
+                            on_class=report)
 
     def dsmi(self, progress: Progress | None = None) -> float | None:
         """DSMI with the labels in bits at the current t (None without labels), from cached spectra."""
         if self._data().labels is None:
             return None
-        return dsmi_from_spectra(self._dsmi_spectra(progress), self.t)
-
-    def compute(self, progress: Progress | None = None) -> "DiversityAnalysis":
-        """Everything expensive, for a background job; later reads are cache hits."""
-        steps = [self.spectrum, self.diffusion_spectrum, self.dsmi, self.subsample_curve, self.group_scores,
-                 lambda progress: self.projection()]
-        if self.layers:
-            steps.append(self._depth_spectra)
-        for done, step in enumerate(steps):
-            if progress is not None:
-                progress.update(done, len(steps))
-            step(progress)
-        return self
+        return dsmi_from_spectra(self._dsmi_spectra(progress=progress), self.t)
 
     # ------------------------------------------------------------------------------- scores
     def scores(self) -> dict:
@@ -292,82 +239,82 @@ class DiversityAnalysis(param.Parameterized):
         n = min(self._data().n, self.approx_above)
         return sorted({int(s) for s in np.unique(np.geomspace(2, n, 8).round()) if s >= 2})
 
+    @result("dataset", *KERNEL_SETTINGS, heavy=True)
     def _subsample_spectra(self, progress: Progress | None = None) -> list[list[Spectrum]]:
-        """Spectra of 5 seeded random subsets per size in :meth:`subsample_sizes` (cached; any q reads them)."""
-        def compute():
-            data, gen, spectra = self._data(), torch.Generator().manual_seed(self.seed), []
-            X = self._features()
-            for done, size in enumerate(self.subsample_sizes()):
-                if progress is not None:
-                    progress.update(done, len(self.subsample_sizes()), f"Vendi of seeded subsamples of {size}")
-                spectra.append([kernel_spectrum(X[torch.randperm(data.n, generator=gen)[:size]].double(),
-                                                kernel=self._kernel_function(), sigma=self.rbf_sigma, method="exact")
-                                for _ in range(5)])
-            return spectra
-        return self._cached("subsample", self._kernel_keys(), compute)
+        """Spectra of 5 seeded random subsets per size in :meth:`subsample_sizes` (any q reads them)."""
+        data, gen, spectra = self._data(), torch.Generator().manual_seed(self.seed), []
+        X = self._features(data)
+        for done, size in enumerate(self.subsample_sizes()):
+            if progress is not None:
+                progress.update(done, len(self.subsample_sizes()), f"Vendi of seeded subsamples of {size}")
+            spectra.append([kernel_spectrum(X[torch.randperm(data.n, generator=gen)[:size]].double(),
+                                            kernel=self._kernel_function(), sigma=self.rbf_sigma, method="exact")
+                            for _ in range(5)])
+        return spectra
 
     def subsample_curve(self, progress: Progress | None = None) -> pd.DataFrame:
         """Vendi_q of seeded random subsets (mean, sd over 5 draws): biased low versus the full set."""
-        scores = np.array([[spec.vendi(self.q) for spec in row] for row in self._subsample_spectra(progress)])
+        scores = np.array([[spec.vendi(self.q) for spec in row] for row in self._subsample_spectra(progress=progress)])
         return pd.DataFrame({"size": self.subsample_sizes(), "mean": scores.mean(1), "sd": scores.std(1)})
 
+    @result("dataset", *KERNEL_SETTINGS, heavy=True)
     def _group_spectra(self, progress: Progress | None = None) -> dict:
         data = self._data()
-
-        def compute():
-            if progress is not None:
-                progress.update(0, 1, "Spectra within each group")
-            labels = np.asarray(data.labels)
-            groups, X = sorted(set(data.labels), key=str), self._features()
-            return {group: kernel_spectrum(X[torch.from_numpy(np.flatnonzero(labels == group))].double(),
-                                           kernel=self._kernel_function(), sigma=self.rbf_sigma, method=self.method,
-                                           landmarks=self.landmarks, approx_above=self.approx_above)
-                    for group in groups}
-        return {} if data.labels is None else self._cached("groups", self._kernel_keys(), compute)
+        if data.labels is None:
+            return {}
+        if progress is not None:
+            progress.update(0, 1, "Spectra within each group")
+        labels = np.asarray(data.labels)
+        groups, X = sorted(set(data.labels), key=str), self._features(data)
+        return {group: kernel_spectrum(X[torch.from_numpy(np.flatnonzero(labels == group))].double(),
+                                       kernel=self._kernel_function(), sigma=self.rbf_sigma, method=self.method,
+                                       landmarks=self.landmarks, approx_above=self.approx_above)
+                for group in groups}
 
     def group_scores(self, progress: Progress | None = None) -> pd.DataFrame:
         """Vendi_q within each label (exact when the group has at most ``approx_above`` rows)."""
-        spectra = self._group_spectra(progress)
+        spectra = self._group_spectra(progress=progress)
         return pd.DataFrame({"group": list(spectra), "n": [spec.n for spec in spectra.values()],
                              "vendi": [spec.vendi(self.q) for spec in spectra.values()]})
 
     def projection(self, max_points: int | None = None) -> pd.DataFrame:
         """First two principal components of every row (or a seeded ``max_points`` of them), with the
         group and the text (or "row i") for hover."""
-        data = self._data()
-
-        def compute():
-            X = data.X.double()
-            X = X - X.mean(0)
-            _, _, V = torch.pca_lowrank(X, q=min(2, X.shape[1]), center=False, niter=4)
-            xy = (X @ V).numpy()
-            if xy.shape[1] == 1:
-                xy = np.column_stack([xy, np.zeros(len(xy))])
-            return pd.DataFrame({"pc1": xy[:, 0], "pc2": xy[:, 1],
-                                 "group": data.labels if data.labels is not None else ["all"] * data.n,
-                                 "text": data.texts if data.texts is not None else [f"row {i}" for i in range(data.n)]})
-        frame = self._cached("projection", (), compute)
+        frame = self._projection()
         return frame.sample(max_points, random_state=0) if max_points and len(frame) > max_points else frame
 
+    @result("dataset", heavy=True)
+    def _projection(self, progress: Progress | None = None) -> pd.DataFrame:
+        data = self._data()
+        X = data.X.double()
+        X = X - X.mean(0)
+        _, vectors = torch.linalg.eigh(X.T @ X)        # exact and deterministic: d x d, not n x n
+        V = vectors[:, -min(2, X.shape[1]):].flip(1)
+        V = V * torch.sign(V[V.abs().argmax(0), torch.arange(V.shape[1])])   # one sign per component
+        xy = (X @ V).numpy()
+        if xy.shape[1] == 1:
+            xy = np.column_stack([xy, np.zeros(len(xy))])
+        return pd.DataFrame({"pc1": xy[:, 0], "pc2": xy[:, 1],
+                             "group": data.labels if data.labels is not None else ["all"] * data.n,
+                             "text": data.texts if data.texts is not None else [f"row {i}" for i in range(data.n)]})
+
     # ------------------------------------------------------------------------------- depth
+    @result("layers", *KERNEL_SETTINGS, *DIFFUSION_SETTINGS, heavy=True)
     def _depth_spectra(self, progress: Progress | None = None) -> list[tuple[Spectrum, torch.Tensor]]:
         """(kernel spectrum, diffusion eigenvalues) of every layer, each at its own median sigma when
-        sigma is 0 (hidden-state scales grow with depth); cached per kernel and DSE settings."""
-        def compute():
-            spectra = []
-            for done, data in enumerate(self.layers):
-                if progress is not None:
-                    progress.update(done, len(self.layers), f"Spectra of layer {done} of {len(self.layers) - 1}")
-                spectra.append((self.spectrum(data=data), self.diffusion_spectrum(data=data)))
-            return spectra
+        sigma is 0 (hidden-state scales grow with depth)."""
         if not self.layers:
             raise InputError("The per-layer profile needs hidden states: choose the hidden-states source.")
-        keys = self._kernel_keys() + (self.dse_sigma, tuple(id(s) for s in self.layers))
-        return self._cached("depth", keys, compute, self.layers[0])
+        spectra = []
+        for done, data in enumerate(self.layers):
+            if progress is not None:
+                progress.update(done, len(self.layers), f"Spectra of layer {done} of {len(self.layers) - 1}")
+            spectra.append((self.spectrum(data=data), self.diffusion_spectrum(data=data)))
+        return spectra
 
     def depth_profile(self, progress: Progress | None = None) -> pd.DataFrame:
         """Per layer: Vendi_q, its Renyi entropy log2 Vendi_q and DSE_t, both in bits."""
-        spectra = self._depth_spectra(progress)
+        spectra = self._depth_spectra(progress=progress)
         vendi = np.array([spec.vendi(self.q) for spec, _ in spectra])
         return pd.DataFrame({"layer": np.arange(len(spectra)), "vendi": vendi, "renyi_bits": np.log2(vendi),
                              "dse_bits": [dse_from_eigenvalues(eig, self.t) for _, eig in spectra]})

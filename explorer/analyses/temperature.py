@@ -1,63 +1,46 @@
-"""Temperature sensitivity study: sample answers across temperatures, score them, compare measures.
+"""Temperature sensitivity: sample answers across temperatures and score them, as a resumable run.
 
-:class:`TemperatureStudy` holds a run's settings; :meth:`TemperatureStudy.run` samples every batch
-not yet stored (resumable), then computes every measure per question and temperature and stores
-them. :class:`RunResults` reads a stored run back as pandas DataFrames (cached): measures, the
-questions x temperatures matrix U of any measure, the TSU table (every pair and the full chain)
-and AUROC / PRR per measure.
+:class:`TemperatureAnalysis` holds a run's settings; its long part (:meth:`TemperatureAnalysis.run`,
+``compute`` on a page) samples every batch not yet stored (resumable after a stop or a crash), then
+computes every measure per question and temperature (:mod:`explorer.analyses.uncertainty_measures`)
+and stores them in the DuckDB store. Stored runs are read back by :mod:`explorer.analyses.runs`.
 
-Semantic equivalence is bidirectional entailment by an NLI model (``nli_model``, a Hugging Face id or
-a local directory) when it can be loaded; otherwise, and when none is named, embedding cosine >=
-threshold with all-MiniLM-L6-v2. The run records which one it used (``RunResults.equivalence``) and
-the page shows it. Inv-Entropy perturbations (``perturbation``) are paraphrases written by the model itself
+Inv-Entropy perturbations (``perturbation``) are paraphrases written by the model itself
 ("paraphrase") or GAAP, the paper's genetic algorithm over WordNet substitutes of the question's
-keywords ("gaap", offline, :mod:`explorer.models.perturbations`); either is stored with the run's
-samples, so a resumed run reuses them, and ``RunResults.perturbation`` says which one a run used. MSP uses
-the most probable sampled answer (no separate greedy decode). :class:`RunComparison` puts two
-stored runs side by side; :func:`export_run` returns a run as a zip of Parquet files.
+keywords ("gaap", offline, :mod:`explorer.data.perturbations`); either is stored with the run's
+samples, so a resumed run reuses them. MSP uses the most probable sampled answer (no separate greedy
+decode). Semantic equivalence: see :class:`~explorer.analyses.uncertainty_measures.Equivalence`.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable
-from functools import cached_property
 
-import numpy as np
 import pandas as pd
 import param
-import torch
 
-from explorer.data.questions import DEFAULT_QUESTIONS, is_correct, load_questions
+from explorer.analyses.base import Analysis
+from explorer.analyses.uncertainty_measures import compute_measures
+from explorer.data.questions import DEFAULT_QUESTIONS, load_questions
 from explorer.data.store import SAMPLE_COLUMNS, ResultsStore, default_db_path
+from explorer.data.uploads import Upload
 from explorer.errors import InputError
-from explorer.kernels import uncertainty as unc
-from explorer.kernels.diversity import vendi_score
-from explorer.kernels.entropy import log_probs
 from explorer.models.sampling import Sample, batch_seed, sample_answers
 from explorer.progress import Progress
 
 PARAPHRASE_INSTRUCTION = "Rewrite this question with different words, keeping its meaning. Reply with the question only:\n"
-P_TRUE_TEMPLATE = ("Question: {question}\nPossible answer: {answer}\nIs the possible answer:\n (A) True\n (B) False\n"
-                   "Reply with the letter only.")
-PERTURBATION_LABELS = {
-    "paraphrase": "paraphrases written by the model itself",
-    "gaap": "GAAP (genetic algorithm over WordNet synonyms of the question's keywords, similarity >= 0.7)",
-}
-MEASURE_LABELS = {
-    "msp": "Max sequence probability (-log p)", "mean_token_entropy": "Mean token entropy",
-    "mc_entropy": "MC sequence entropy", "mc_entropy_norm": "MC sequence entropy (length-norm.)",
-    "perplexity": "Perplexity", "se_discrete": "Semantic entropy (discrete)",
-    "se_weighted": "Semantic entropy (prob.-weighted)", "semantic_sets": "Number of semantic sets",
-    "eigv": "EigV", "degree": "Degree", "eccentricity": "Eccentricity", "lexical": "Lexical similarity (-ROUGE-L)",
-    "kle": "Kernel language entropy", "vendi": "Vendi score of answers", "p_true": "P(True) (-log p(A))",
-    "inv_entropy": "Inv-Entropy",
-}
 
 
-def _temperatures(values) -> list[float]:
-    temps = [float(t) for t in values]
+def parse_temperatures(values) -> list[float]:
+    """Temperatures from a list or a text like "0.3, 0.7; 1.0": at least two, positive, finite and
+    strictly increasing; anything else is an :class:`InputError` saying which rule is broken."""
+    if isinstance(values, str):
+        values = [v for v in values.replace(";", ",").split(",") if v.strip()]
+    try:
+        temps = [float(t) for t in values]
+    except (TypeError, ValueError) as err:
+        raise InputError(f"Temperatures must be numbers separated by commas, got {values!r}.") from err
     if len(temps) < 2:
         raise InputError("Give at least two temperatures.")
     if any(not (t > 0 and math.isfinite(t)) for t in temps):
@@ -67,8 +50,9 @@ def _temperatures(values) -> list[float]:
     return temps
 
 
-class TemperatureStudy(param.Parameterized):
-    """Settings of one run; ``run`` does the work and returns the run id."""
+class TemperatureAnalysis(Analysis):
+    """Settings of one temperature-sensitivity run; ``run`` (``compute`` on a page) samples, scores and
+    stores it and returns the run id."""
 
     model_name = param.String(default="", label="Model", doc="Hugging Face id or local path; empty: SmolLM2-135M-Instruct.")
     questions_path = param.String(default=str(DEFAULT_QUESTIONS), label="Question set (file, folder or hf:owner/name)")
@@ -96,9 +80,11 @@ class TemperatureStudy(param.Parameterized):
     similarity_mapping = param.Selector(default="paper", objects=["paper", "abs"],
                                         doc="paper: (1 + cos) / 2; abs: |cos| (the reference code).")
     db_path = param.String(default=str(default_db_path()), label="Results database")
+    questions_upload = param.ClassSelector(class_=Upload, allow_None=True, precedence=-1,
+                                           doc="An uploaded question file; used instead of questions_path when set.")
 
     def validate(self) -> list[float]:
-        temps = _temperatures(self.temperatures)
+        temps = parse_temperatures(self.temperatures)
         if self.n_samples < 2:
             raise InputError("N must be at least 2: semantic measures compare answers with each other.")
         if self.with_inv_entropy and self.perturbation == "gaap":
@@ -107,21 +93,33 @@ class TemperatureStudy(param.Parameterized):
         return temps
 
     def questions(self) -> pd.DataFrame:
-        return load_questions(self.questions_path).head(self.max_questions).reset_index(drop=True)
+        """The first ``max_questions`` questions of the upload, or of ``questions_path``."""
+        source = self.questions_upload if self.questions_upload is not None else self.questions_path
+        return load_questions(source).head(self.max_questions).reset_index(drop=True)
 
-    def generations(self, n_questions: int | None = None) -> int:
+    def generations(self, n_questions: int | None = None, temperatures: int | None = None) -> int:
         """Answers to generate for the whole run (the cost shown before it starts)."""
         q = self.max_questions if n_questions is None else n_questions
+        n_temperatures = len(self.temperatures) if temperatures is None else temperatures
         per_t = q * self.n_samples + (q * (self.n_perturbations + 1) * self.replicates if self.with_inv_entropy else 0)
         paraphrases = q * self.n_perturbations if self.with_inv_entropy and self.perturbation == "paraphrase" else 0
-        return per_t * len(self.temperatures) + paraphrases
+        return per_t * n_temperatures + paraphrases
 
     def settings(self) -> dict:
-        names = [n for n in self.param if n not in ("name", "db_path")]
-        return {n: getattr(self, n) for n in names}
+        """The run's settings as stored with it (the store's path is not one of them)."""
+        names = [n for n in self.param if n not in ("name", "db_path", "questions_upload")]
+        settings = {n: getattr(self, n) for n in names}
+        if self.questions_upload is not None:
+            settings["questions_path"] = f"upload:{self.questions_upload.name}"
+        return settings
+
+    def compute(self, progress: Progress | None = None) -> "TemperatureAnalysis":
+        """The long part on a page: a new run with these settings (its id is ``last_run_id``)."""
+        self.last_run_id = self.run(progress)
+        return self
 
     @classmethod
-    def from_settings(cls, settings: dict, db_path: str) -> "TemperatureStudy":
+    def from_settings(cls, settings: dict, db_path: str) -> "TemperatureAnalysis":
         return cls(**{k: v for k, v in settings.items() if k in cls.param}, db_path=db_path)
 
     def run(self, progress: Progress | None = None, run_id: str | None = None, lm=None,
@@ -164,7 +162,7 @@ def resume_run(db_path: str, run_id: str, progress: Progress | None = None, lm=N
         settings = store.run(run_id)["settings"]
     finally:
         store.close()
-    return TemperatureStudy.from_settings(settings, db_path).run(progress, run_id=run_id, lm=lm, on_start=on_start)
+    return TemperatureAnalysis.from_settings(settings, db_path).run(progress, run_id=run_id, lm=lm, on_start=on_start)
 
 
 def _model_for(settings: dict):
@@ -226,7 +224,7 @@ class _Runner:
         if key in self.done:
             self._tick(0, f"kept stored batch {key}")
             return
-        from explorer.models.perturbations import gaap_perturbations
+        from explorer.data.perturbations import gaap_perturbations
 
         rows = []
         for i in idx:
@@ -253,337 +251,3 @@ def _row(kind: str, temperature: float, prompt: tuple[int, int, str], sample: Sa
 
 
 # ---------------------------------------------------------------------- measures
-
-def _padded(rows) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = [len(r) for r in rows]
-    width = max(max(lengths), 1)
-    values = torch.zeros(len(rows), width, dtype=torch.float64)
-    mask = torch.zeros(len(rows), width, dtype=torch.bool)
-    for i, r in enumerate(rows):
-        values[i, :len(r)] = torch.as_tensor(list(r), dtype=torch.float64)
-        mask[i, :len(r)] = True
-    return values, mask
-
-
-def answer_measures(texts: list[str], token_lp, token_ent, embeddings: torch.Tensor, threshold: float,
-                    mapping: str, equivalence: torch.Tensor | None = None) -> dict[str, float]:
-    """Every sample-based measure of one question at one temperature (N answers).
-
-    Semantic classes come from ``equivalence`` (N x N booleans, e.g. NLI bidirectional entailment)
-    when given, else from embedding cosine >= ``threshold``; the graph measures use the embeddings.
-    """
-    lp, mask = _padded(token_lp)
-    ent, _ = _padded(token_ent)
-    seq_lp = unc.sequence_log_prob(lp, mask)
-    lengths = mask.sum(-1)
-    cos = (embeddings @ embeddings.T).double().clamp(-1, 1)
-    sim = unc.cosine_to_similarity(cos, mapping)
-    ids = unc.semantic_clusters(equivalence) if equivalence is not None else unc.semantic_clusters(cos, threshold)
-    return {
-        "msp": float(-seq_lp.max()), "mean_token_entropy": float(unc.mean_token_entropy(ent, mask).mean()),
-        "mc_entropy": float(unc.mc_sequence_entropy(seq_lp)),
-        "mc_entropy_norm": float(unc.mc_sequence_entropy(seq_lp, lengths)),
-        "perplexity": float(unc.perplexity(lp, mask).mean()),
-        "se_discrete": float(unc.semantic_entropy_discrete(ids)), "se_weighted": float(unc.semantic_entropy_weighted(ids, seq_lp)),
-        "semantic_sets": float(unc.number_of_semantic_sets(ids)), "eigv": float(unc.eigv(sim)),
-        "degree": float(unc.degree(sim)), "eccentricity": float(unc.eccentricity(sim)),
-        "lexical": unc.lexical_similarity(texts), "kle": float(unc.kernel_language_entropy(sim)),
-        "vendi": float(vendi_score(K=sim.float())),
-    }
-
-
-def inv_entropy_bootstrap(x_emb: torch.Tensor, y_emb: torch.Tensor, bootstrap: int, seed: int, mapping: str) -> float:
-    """Inv-Entropy averaged over B draws: for each input one of its r replicate answers at random.
-
-    ``x_emb``: [n+1, d] embeddings of the question and its paraphrases; ``y_emb``: [n+1, r, d].
-    """
-    g = torch.Generator().manual_seed(seed)
-    sim_x = unc.cosine_to_similarity((x_emb @ x_emb.T).double().clamp(-1, 1), mapping)
-    pick = torch.randint(y_emb.shape[1], (bootstrap, y_emb.shape[0]), generator=g)
-    drawn = y_emb[torch.arange(y_emb.shape[0]), pick].double()                  # [B, n+1, d]
-    sim_y = unc.cosine_to_similarity((drawn @ drawn.transpose(1, 2)).clamp(-1, 1), mapping)
-    return float(unc.inv_entropy(sim_x.expand_as(sim_y), sim_y).mean())
-
-
-def p_true_scores(lm, questions: list[str], answers: list[str]) -> list[float]:
-    """-log p("A") for "(A) True" after each question and proposed answer (one batched forward pass)."""
-    prompts = [lm.format_prompt(P_TRUE_TEMPLATE.format(question=q, answer=a or "(no answer)")) for q, a in zip(questions, answers)]
-    token_a = lm.tokenizer.convert_tokens_to_ids("A")
-    return unc.p_true_uncertainty(log_probs(lm.next_token_logits(prompts)), token_a).tolist()
-
-
-class Equivalence:
-    """How answers are grouped into meaning classes: NLI bidirectional entailment when ``nli_model``
-    names a model that loads, else embedding cosine >= ``threshold``. A model that cannot be had
-    (offline and not cached, unknown id) falls back to cosine and says why in ``description``."""
-
-    def __init__(self, nli_model: str = "", threshold: float = 0.85, embedder=None):
-        from explorer.models.nli import load_nli_model
-
-        self.threshold, self.nli, self.fallback_reason = float(threshold), None, ""
-        self._embedder = embedder
-        if (nli_model or "").strip():
-            try:
-                self.nli = load_nli_model(nli_model.strip())
-            except InputError as err:
-                self.fallback_reason = str(err)
-
-    @property
-    def method(self) -> str:
-        return "nli" if self.nli is not None else "cosine"
-
-    @property
-    def description(self) -> str:
-        if self.nli is not None:
-            return f"NLI bidirectional entailment with {self.nli.name}"
-        text = f"embedding cosine >= {self.threshold:g} with all-MiniLM-L6-v2 (offline fallback, not NLI)"
-        return text + (f"; the NLI model could not be used: {self.fallback_reason}" if self.fallback_reason else "")
-
-    def matrix(self, question: str, texts: list[str], embeddings: torch.Tensor | None = None) -> torch.Tensor:
-        """N x N boolean: [a, b] when answers a and b mean the same."""
-        if self.nli is not None:
-            return self.nli.equivalence(texts, question)
-        if embeddings is None:
-            embeddings = self._embedder.encode([x or " " for x in texts])
-        return (embeddings @ embeddings.T).double().clamp(-1, 1) >= self.threshold
-
-
-def compute_measures(study: TemperatureStudy, store: ResultsStore, run_id: str, lm, progress: Progress | None = None) -> pd.DataFrame:
-    """Score every (question, temperature) of a sampled run and store the measures (long format)."""
-    from explorer.models.embedder import load_embedder
-
-    embedder = load_embedder()
-    equivalence = Equivalence(study.nli_model, study.equivalence_threshold, embedder)
-    store.update_settings(run_id, equivalence=equivalence.description, equivalence_method=equivalence.method)
-    questions = store.questions(run_id)
-    samples = store.samples(run_id)
-    answers = samples[samples.kind == "answer"]
-    rows = []
-    groups = list(answers.groupby(["question_index", "temperature"], sort=True))
-    for k, ((qi, t), group) in enumerate(groups):
-        texts = group["text"].tolist()
-        emb = embedder.encode([x or " " for x in texts])
-        same = equivalence.matrix(questions["question"].iloc[qi], texts, emb) if equivalence.nli is not None else None
-        values = answer_measures(texts, group["token_log_probs"], group["token_entropies"], emb,
-                                 study.equivalence_threshold, study.similarity_mapping, same)
-        best = texts[int(np.argmax([sum(r) for r in group["token_log_probs"]]))]
-        aliases = questions["answers"].iloc[qi]
-        if aliases:
-            values["correct"] = float(_correct(best, aliases, study, embedder))
-            values["accuracy"] = float(np.mean([_correct(x, aliases, study, embedder) for x in texts]))
-        if study.with_p_true:
-            values["p_true"] = float(np.mean(p_true_scores(lm, [questions["question"].iloc[qi]] * len(texts), texts)))
-        if study.with_inv_entropy:
-            values["inv_entropy"] = _inv_entropy_of(samples, qi, t, questions["question"].iloc[qi], embedder, study)
-        rows += [dict(question_index=qi, temperature=t, measure=m, value=v) for m, v in values.items()]
-        if progress is not None:
-            progress.update(k + 1, len(groups), f"measures: question {qi + 1}, T={t:g}")
-    frame = pd.DataFrame(rows, columns=["question_index", "temperature", "measure", "value"])
-    store.replace_measures(run_id, frame)
-    return frame
-
-
-def _correct(answer: str, aliases: list[str], study: TemperatureStudy, embedder) -> bool:
-    if study.correctness != "embedding":
-        return is_correct(answer, aliases, study.correctness)
-    emb = embedder.encode([answer or " ", *aliases])
-    return bool((emb[1:] @ emb[0]).max() >= study.correctness_threshold)
-
-
-def _inv_entropy_of(samples: pd.DataFrame, qi: int, t: float, question: str, embedder, study) -> float:
-    mine = samples[(samples.kind == "perturbed") & (samples.question_index == qi) & (samples.temperature == t)]
-    if mine.empty:
-        return float("nan")
-    inputs = mine.groupby("variant")["prompt"].first().tolist()
-    inputs[0] = question
-    n_inputs, r = len(inputs), study.replicates
-    if n_inputs < 2:  # no perturbation survived (GAAP can find none): Inv-Entropy is undefined, not 0
-        return float("nan")
-    y = embedder.encode([x or " " for x in mine.sort_values(["variant", "sample_index"])["text"]]).reshape(n_inputs, r, -1)
-    return inv_entropy_bootstrap(embedder.encode(inputs), y, study.bootstrap, study.seed, study.similarity_mapping)
-
-
-# ---------------------------------------------------------------------- results
-
-class RunResults:
-    """A stored run read back as DataFrames; every table is computed once and cached."""
-
-    def __init__(self, db_path: str, run_id: str):
-        store = ResultsStore(db_path)
-        try:
-            self.info = store.run(run_id)
-            self.questions = store.questions(run_id)
-            self.samples = store.samples(run_id)
-            self.measures = store.measures(run_id)
-        finally:
-            store.close()
-        self.run_id = run_id
-        self.temperatures = [float(t) for t in self.info["settings"]["temperatures"]]
-
-    @property
-    def equivalence(self) -> str:
-        """How this run's answers were grouped into meaning classes (recorded when measures were computed)."""
-        settings = self.info["settings"]
-        return settings.get("equivalence") or (f"embedding cosine >= {settings.get('equivalence_threshold', 0.85):g} "
-                                               "with all-MiniLM-L6-v2 (offline fallback, not NLI)")
-
-    @property
-    def perturbation(self) -> str:
-        """How this run's Inv-Entropy perturbations were made (runs from before the setting: paraphrases)."""
-        settings = self.info["settings"]
-        if not settings.get("with_inv_entropy", True):
-            return "none (Inv-Entropy off)"
-        return PERTURBATION_LABELS.get(settings.get("perturbation") or "paraphrase", settings.get("perturbation"))
-
-    @property
-    def label(self) -> str:
-        s = self.info["settings"]
-        return (f"{self.run_id} · {self.info['model']} · N={s.get('n_samples')} · "
-                f"T={', '.join(f'{t:g}' for t in self.temperatures)}")
-
-    def mean_curve(self, measure: str) -> pd.DataFrame:
-        """Mean and standard deviation over questions of one measure per temperature."""
-        u = self.u_matrix(measure)
-        return pd.DataFrame({"temperature": u.columns.to_numpy(dtype=float), "mean": u.mean().to_numpy(),
-                             "sd": u.std(ddof=0).to_numpy(), "questions": u.notna().sum().to_numpy()})
-
-    @property
-    def measure_names(self) -> list[str]:
-        present = set(self.measures["measure"])
-        return [m for m in MEASURE_LABELS if m in present]
-
-    def u_matrix(self, measure: str) -> pd.DataFrame:
-        """Questions x temperatures (ascending) of one measure."""
-        table = self.measures[self.measures.measure == measure]
-        return table.pivot(index="question_index", columns="temperature", values="value").sort_index(axis=1)
-
-    @cached_property
-    def tsu_table(self) -> pd.DataFrame:
-        """TSU (strict) per measure for every temperature pair and the full chain."""
-        temps = self.temperatures
-        columns = [(f"TSU({temps[a]:g}, {temps[b]:g})", [a, b]) for a, b in itertools.combinations(range(len(temps)), 2)]
-        if len(temps) > 2:
-            columns.append((f"TSU({temps[0]:g}-{temps[-1]:g})", list(range(len(temps)))))
-        rows = {}
-        for m in self.measure_names:
-            u = torch.tensor(self.u_matrix(m).to_numpy(dtype=float))
-            if u.shape[1] != len(temps):
-                continue
-            rows[MEASURE_LABELS[m]] = {name: unc.tsu(u, columns=cols) for name, cols in columns}
-        return pd.DataFrame.from_dict(rows, orient="index")
-
-    @cached_property
-    def evaluation(self) -> pd.DataFrame:
-        """AUROC (predicting a wrong most-probable answer) and PRR per measure, over all questions and
-        temperatures; empty when the questions have no reference answers."""
-        correct = self.measures[self.measures.measure == "correct"]
-        if correct.empty:
-            return pd.DataFrame(columns=["AUROC", "PRR"])
-        key = ["question_index", "temperature"]
-        rows = {}
-        for m in self.measure_names:
-            both = self.measures[self.measures.measure == m].merge(correct, on=key, suffixes=("", "_ok"))
-            u, ok = torch.tensor(both["value"].to_numpy()), torch.tensor(both["value_ok"].to_numpy())
-            rows[MEASURE_LABELS[m]] = {"AUROC": unc.auroc(u, 1 - ok), "PRR": unc.prr(u, ok)}
-        return pd.DataFrame.from_dict(rows, orient="index")
-
-    @cached_property
-    def accuracy(self) -> pd.Series:
-        acc = self.measures[self.measures.measure == "correct"]
-        return acc.groupby("temperature")["value"].mean()
-
-    def question_samples(self, question_index: int, kind: str = "answer") -> pd.DataFrame:
-        table = self.samples[(self.samples.kind == kind) & (self.samples.question_index == question_index)]
-        return table.reset_index(drop=True)
-
-
-def list_runs(db_path: str) -> pd.DataFrame:
-    store = ResultsStore(db_path)
-    try:
-        return store.runs()
-    finally:
-        store.close()
-
-
-def export_run(db_path: str, run_id: str) -> bytes:
-    """A stored run as a zip of three Parquet files (questions, samples, measures)."""
-    store = ResultsStore(db_path)
-    try:
-        return store.export_parquet_zip(run_id)
-    finally:
-        store.close()
-
-
-class RunComparison:
-    """Two stored runs side by side (A and B): settings, mean curves per measure, TSU per measure."""
-
-    def __init__(self, first: RunResults, second: RunResults):
-        self.runs = {"A": first, "B": second}
-
-    @cached_property
-    def overview(self) -> pd.DataFrame:
-        """One row per run: id, model, status, questions, N, temperatures, equivalence."""
-        return pd.DataFrame([dict(run=key, run_id=r.run_id, model=r.info["model"], status=r.info["status"],
-                                  questions=len(r.questions), n_samples=r.info["settings"].get("n_samples"),
-                                  temperatures=", ".join(f"{t:g}" for t in r.temperatures), equivalence=r.equivalence)
-                             for key, r in self.runs.items()]).set_index("run")
-
-    @property
-    def measure_names(self) -> list[str]:
-        """Measures present in both runs."""
-        second = set(self.runs["B"].measure_names)
-        return [m for m in self.runs["A"].measure_names if m in second]
-
-    def mean_curves(self, measure: str | None = None) -> pd.DataFrame:
-        """Long table run, measure, temperature, mean, sd, questions (one measure or every common one)."""
-        names = [measure] if measure is not None else self.measure_names
-        parts = [r.mean_curve(m).assign(run=key, measure=m) for m in names for key, r in self.runs.items()
-                 if m in r.measure_names]
-        columns = ["run", "measure", "temperature", "mean", "sd", "questions"]
-        return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
-
-    @cached_property
-    def tsu(self) -> pd.DataFrame:
-        """TSU per measure (rows), each run's pairs and chain as columns "A: TSU(...)", "B: TSU(...)"."""
-        return pd.concat([r.tsu_table.add_prefix(f"{key}: ") for key, r in self.runs.items()], axis=1)
-
-
-class QuestionDetail:
-    """Drill-down of one question of a stored run: its samples with their semantic clusters, and the
-    Inv-Entropy similarity matrices of one draw (the first replicate of each input)."""
-
-    def __init__(self, results: RunResults, question_index: int):
-        from explorer.models.embedder import load_embedder
-
-        self.results, self.question_index = results, question_index
-        self.settings = results.info["settings"]
-        self._embedder = load_embedder()
-        nli = self.settings.get("nli_model", "") if self.settings.get("equivalence_method") == "nli" else ""
-        self.equivalence = Equivalence(nli, self.settings.get("equivalence_threshold", 0.85), self._embedder)
-
-    @cached_property
-    def answers(self) -> pd.DataFrame:
-        """Every answer with its temperature, semantic cluster, sequence log-probability and length."""
-        table = self.results.question_samples(self.question_index)
-        parts = []
-        question = self.results.questions["question"].iloc[self.question_index]
-        for _, group in table.groupby("temperature", sort=True):
-            ids = unc.semantic_clusters(self.equivalence.matrix(question, group["text"].tolist()))
-            parts.append(group.assign(cluster=ids.tolist(), log_prob=group["token_log_probs"].map(sum),
-                                      tokens=group["token_ids"].map(len)))
-        if not parts:
-            return pd.DataFrame(columns=["temperature", "sample_index", "cluster", "text", "log_prob", "tokens"])
-        return pd.concat(parts, ignore_index=True)
-
-    def inv_entropy_matrices(self, temperature: float) -> tuple[list[str], torch.Tensor, torch.Tensor] | None:
-        table = self.results.question_samples(self.question_index, "perturbed")
-        table = table[(table.temperature == temperature) & (table.sample_index == 0)].sort_values("variant")
-        if table.empty:
-            return None
-        mapping = self.settings.get("similarity_mapping", "paper")
-        inputs = table["prompt"].tolist()
-        inputs[0] = self.results.questions["question"].iloc[self.question_index]
-        x = self._embedder.encode(inputs).double()
-        y = self._embedder.encode([t or " " for t in table["text"]]).double()
-        return (inputs, unc.cosine_to_similarity((x @ x.T).clamp(-1, 1), mapping),
-                unc.cosine_to_similarity((y @ y.T).clamp(-1, 1), mapping))

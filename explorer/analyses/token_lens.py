@@ -1,9 +1,11 @@
-"""The token entropy lens as a study: settings in, a cached :class:`TokenTrace` and its views out.
+"""The token entropy lens: settings in, a scored or generated text and everything derived from it out.
 
-Constructing a :class:`TokenLensStudy` only stores settings. :meth:`TokenLensStudy.run` (long: loads
-the model, one forward pass or one generation, one attention pass) sets ``trace`` and
-``attention``; everything the page shows is derived from them and cached, so moving the
-temperature slider or the window costs one log-softmax over the cached logits, not a model call.
+Constructing a :class:`TokenLensAnalysis` only stores settings. :meth:`compute` (long: loads the
+model, one forward pass or one generation, one attention pass, then the measures at a grid of
+temperatures) caches the :meth:`trace`; everything the page shows derives from it and is cached, so
+a temperature on the grid is a lookup and any other one costs a log-softmax over the cached
+logits, never a model call. The trace depends on the run's settings only (the text when scoring,
+the decoding rule and its settings when generating): changing a display setting never re-runs it.
 """
 
 from __future__ import annotations
@@ -13,35 +15,45 @@ import pandas as pd
 import param
 import torch
 
-from explorer.errors import InputError
+from explorer.analyses.base import Analysis, result
 from explorer.kernels.decoding import RULES
 from explorer.models.trace import RANK_BUCKETS, TokenTrace, rank_bucket
 from explorer.progress import Progress
 
-MAX_CACHED_TEMPERATURES = 64
 SMALL_MULTIPLE_TEMPERATURES = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
+TEMPERATURE_STEP = 0.05
+TEMPERATURE_GRID = tuple(round(TEMPERATURE_STEP * i, 2) for i in range(1, 101))   # the slider's values
 BUCKET_LABELS = ("top 10", "top 100", "top 1000", "beyond")
+RUN_SETTINGS = ("model_name", "mode", "prompt", "chat")
 
 
-def _settings_class(rule: str, specs: dict) -> type[param.Parameterized]:
-    """A Parameterized class with one parameter per decoding-rule setting (the UI builds widgets from it)."""
-    parameters = {}
-    for name, spec in specs.items():
-        kind = param.Integer if isinstance(spec.default, int) and not isinstance(spec.default, bool) else param.Number
-        parameters[name] = kind(default=spec.default, softbounds=spec.bounds, doc=spec.doc, label=spec.label)
-    return param.parameterized_class(f"{rule.title().replace('_', '')}Settings", parameters)
+def _rule_settings() -> dict:
+    """One parameter per decoding-rule setting (rules sharing a setting name share its meaning)."""
+    settings = {}
+    for rule in RULES.values():
+        for name, spec in rule.params.items():
+            if name in settings:
+                assert settings[name].default == spec.default, f"decoding setting {name!r} defined twice"
+                continue
+            settings[name] = spec
+    return settings
 
 
-DECODING_SETTINGS = {name: _settings_class(name, rule.params) for name, rule in RULES.items()}
+RULE_SETTINGS = _rule_settings()
 
 
-class TokenLensStudy(param.Parameterized):
+def _rule_parameter(name: str) -> param.Parameter:
+    spec = RULE_SETTINGS[name]
+    kind = param.Integer if isinstance(spec.default, int) and not isinstance(spec.default, bool) else param.Number
+    return kind(default=spec.default, softbounds=spec.bounds, doc=spec.doc, label=spec.label)
+
+
+class TokenLensAnalysis(Analysis):
     """Score or generate a text with a causal LM and inspect it token by token.
 
-    Settings are parameters; results are ``trace`` (the model's cached logits over the text) and
-    ``attention`` (entropy of every attention row, ``[layers, heads, tokens]``). Derived views
-    (``scored``, ``frame``, ``summary``, ``curves``, ``entropy_at_temperatures``) are computed from
-    them on demand and cached per temperature.
+    ``trace()`` is the model's cached logits over the text; ``attention()`` the entropy of every
+    attention row ``[layers, heads, tokens]``; ``scored()``, ``frame()``, ``summary()``,
+    ``entropy_at_temperatures()`` and the attention tables derive from them.
     """
 
     model_name = param.String(default="SmolLM2-135M-Instruct", label="Model",
@@ -53,11 +65,21 @@ class TokenLensStudy(param.Parameterized):
                         "the model is about the next token.", doc="Text to score (after the prompt, if any).")
     chat = param.Boolean(default=True, label="Chat template", doc="Wrap the prompt in the model's chat template.")
     decoding = param.Selector(default="top_p", objects=list(RULES), doc="Decoding rule applied after temperature.")
-    # Typed settings have soft bounds only: a bad value reaches run(), which explains what is wrong.
-    generation_temperature = param.Number(default=1.0, label="Sampling temperature", doc="Temperature used when sampling (> 0).")
+    # Typed settings have soft bounds only: a bad value reaches compute(), which explains what is wrong.
+    generation_temperature = param.Number(default=1.0, label="Sampling temperature",
+                                          doc="Temperature used when sampling (> 0).")
     max_new_tokens = param.Integer(default=48, label="Max new tokens", doc="Stop after this many tokens (1 to 2048).")
     seed = param.Integer(default=0)
-    temperature = param.Number(default=1.0, bounds=(0.05, 5.0), step=0.05, label="Re-score at temperature",
+    top_k = _rule_parameter("top_k")
+    top_p = _rule_parameter("top_p")
+    min_p = _rule_parameter("min_p")
+    typical_p = _rule_parameter("typical_p")
+    epsilon = _rule_parameter("epsilon")
+    alpha = _rule_parameter("alpha")
+    top_n = _rule_parameter("top_n")
+    tau = _rule_parameter("tau")
+    eta = _rule_parameter("eta")
+    temperature = param.Number(default=1.0, bounds=(0.05, 5.0), step=TEMPERATURE_STEP, label="Re-score at temperature",
                                doc="Temperature at which the measures are shown (no new forward pass).")
     window = param.Integer(default=8, bounds=(1, 128), label="Rolling mean window")
     colour_by = param.Selector(default="entropy", objects=["entropy", "surprisal", "rank bucket"],
@@ -65,112 +87,124 @@ class TokenLensStudy(param.Parameterized):
     layer = param.Integer(default=0, bounds=(0, None), doc="Attention layer for the per-position curve.")
     head = param.Integer(default=0, bounds=(0, None), doc="Attention head for the per-position curve.")
 
-    trace = param.ClassSelector(class_=TokenTrace, default=None, allow_None=True, precedence=-1,
-                                doc="Result: the scored or generated text with its cached logits.")
-    attention = param.ClassSelector(class_=torch.Tensor, default=None, allow_None=True, precedence=-1,
-                                    doc="Result: attention entropy [layers, heads, tokens] (nats).")
-
-    def __init__(self, **params):
-        super().__init__(**params)
-        self.decoding_settings = {name: cls() for name, cls in DECODING_SETTINGS.items()}
-        self._tokenizer, self._by_temperature, self._frames, self._decoded = None, {}, {}, {}
-
     # ------------------------------------------------------------------ the long part
-    def run(self, progress: Progress | None = None) -> tuple:
-        """Load the model, score or generate, then compute attention entropy.
-
-        Does not assign them (the caller does, on the UI thread): see :meth:`set_results`.
-        """
-        from explorer.models.language_model import load_language_model
-
-        progress = progress or Progress()
-        progress.update(0, 1, f"loading {self.model_name}")
-        model = load_language_model(self.model_name or None)
-        if self.mode == "score":
-            progress.update(0.2, 1, "scoring")
-            trace = model.score(self.text, prompt=self.prompt if self.prompt.strip() else None, chat=self.chat)
-        else:
-            trace = model.generate(self.prompt, max_new_tokens=self.max_new_tokens, decoding=self.decoding,
-                                   temperature=self.generation_temperature, seed=self.seed, chat=self.chat,
-                                   progress=progress, **self.rule_settings())
-        progress.update(0.95, 1, "attention entropy")
-        return trace, model.attention_entropy(trace), model.tokenizer
-
     def rule_settings(self) -> dict:
         """The chosen decoding rule's settings as keyword arguments."""
-        values = self.decoding_settings[self.decoding].param.values()
-        return {name: value for name, value in values.items() if name != "name"}
+        return {name: getattr(self, name) for name in RULES[self.decoding].params}
 
-    def set_results(self, results: tuple) -> None:
-        """Store what :meth:`run` returned: the trace, its attention entropy and the tokenizer."""
-        trace, attention, tokenizer = results
-        self._tokenizer, self._by_temperature, self._frames, self._decoded = tokenizer, {}, {}, {}
-        with param.parameterized.batch_call_watchers(self):
-            self.layer = min(self.layer, attention.shape[0] - 1)
-            self.head = min(self.head, attention.shape[1] - 1)
-            self.param.layer.bounds = (0, attention.shape[0] - 1)
-            self.param.head.bounds = (0, attention.shape[1] - 1)
-            self.attention = attention
-            self.trace = trace
+    def _run_key(self) -> tuple:
+        """What the trace depends on besides ``RUN_SETTINGS``: the text, or the generation settings."""
+        if self.mode == "score":
+            return ("score", self.text)
+        return ("generate", self.decoding, self.generation_temperature, self.max_new_tokens, self.seed,
+                tuple(sorted(self.rule_settings().items())))
+
+    def not_computed_message(self, name: str) -> str:
+        return "Press Score text (or Generate) to see this text's measures."
+
+    def compute_steps(self):
+        return [("Running the model", self.trace), ("Attention entropy", self.attention),
+                ("Entropy at six temperatures", self.entropy_at_temperatures),
+                ("Measures at every temperature of the slider", self.temperature_grid),
+                ("Token table", lambda progress: self.frame())]
+
+    def language_model(self):
+        from explorer.models.language_model import load_language_model
+
+        return load_language_model(self.model_name or None)
+
+    @result(*RUN_SETTINGS, heavy=True, key="_run_key")
+    def trace(self, progress: Progress | None = None) -> TokenTrace:
+        """The scored or generated text with its cached logits."""
+        progress = progress or Progress()
+        progress.update(0, 1, f"loading {self.model_name}")
+        model = self.language_model()
+        if self.mode == "score":
+            progress.update(0.2, 1, "scoring")
+            return model.score(self.text, prompt=self.prompt if self.prompt.strip() else None, chat=self.chat)
+        return model.generate(self.prompt, max_new_tokens=self.max_new_tokens, decoding=self.decoding,
+                              temperature=self.generation_temperature, seed=self.seed, chat=self.chat,
+                              progress=progress, **self.rule_settings())
+
+    @result("trace", heavy=True)
+    def attention(self, progress: Progress | None = None) -> torch.Tensor:
+        """Entropy of every attention row over the text ``[layers, heads, tokens]`` (nats)."""
+        return self.language_model().attention_entropy(self.trace())
+
+    @result("trace", heavy=True)
+    def temperature_grid(self, progress: Progress | None = None) -> dict[float, TokenTrace]:
+        """The trace with its measures computed at every temperature of the slider (a move is a lookup)."""
+        trace, grid = self.trace(), {}
+        for done, t in enumerate(TEMPERATURE_GRID):
+            scored = trace.at_temperature(t)
+            scored.entropy  # noqa: B018 - computes the measures now, in the job
+            grid[t] = scored
+            if progress is not None and done % 10 == 0:
+                progress.update(done, len(TEMPERATURE_GRID), f"measures at T = {t:g}")
+        return grid
 
     # ------------------------------------------------------------------ derived, cached
-    @property
+    @result("trace", "temperature")
     def scored(self) -> TokenTrace:
-        """The trace at the display temperature (cached per temperature; the measures cache inside it)."""
-        if self.trace is None:
-            raise InputError("Nothing scored yet: press Generate or Score.")
-        temperature = round(float(self.temperature), 4)
-        if temperature not in self._by_temperature:
-            if len(self._by_temperature) >= MAX_CACHED_TEMPERATURES:
-                self._by_temperature.pop(next(iter(self._by_temperature)))
-            self._by_temperature[temperature] = self.trace.at_temperature(temperature)
-        return self._by_temperature[temperature]
+        """The trace at the display temperature (from the grid when it is on it)."""
+        t = round(float(self.temperature), 4)
+        if t in TEMPERATURE_GRID and self.is_cached("temperature_grid"):
+            return self.temperature_grid()[t]
+        return self.trace().at_temperature(t)
 
+    @result("scored", "window")
     def frame(self) -> pd.DataFrame:
-        """One row per token with every measure at the display temperature and the rolling means (cached)."""
-        key = (round(float(self.temperature), 4), self.window)
-        if key not in self._frames:
-            if len(self._frames) >= MAX_CACHED_TEMPERATURES:
-                self._frames.pop(next(k for k in self._frames if k[0] != "sweep"))
-            frame = self.scored.to_frame(decode=self.decode)
-            for column in ("entropy", "surprisal", "varentropy"):
-                frame[f"{column}_rolling"] = frame[column].rolling(self.window, min_periods=1).mean()
-            self._frames[key] = frame
-        return self._frames[key]
+        """One row per token with every measure at the display temperature and the rolling means."""
+        frame = self.scored().to_frame(decode=self.decode)
+        for column in ("entropy", "surprisal", "varentropy"):
+            frame[f"{column}_rolling"] = frame[column].rolling(self.window, min_periods=1).mean()
+        return frame
 
+    @result("scored")
     def summary(self) -> dict[str, float]:
-        return self.scored.summary()
+        return self.scored().summary()
 
+    @result("trace")
     def rank_histogram(self) -> pd.DataFrame:
-        counts = np.bincount(rank_bucket(self.scored.rank).cpu().numpy(), minlength=len(RANK_BUCKETS) + 1)
+        """Ranks do not depend on the temperature: one count per GLTR bucket."""
+        counts = np.bincount(rank_bucket(self.trace().rank).cpu().numpy(), minlength=len(RANK_BUCKETS) + 1)
         return pd.DataFrame({"bucket": BUCKET_LABELS, "tokens": counts})
 
-    def entropy_at_temperatures(self, temperatures=SMALL_MULTIPLE_TEMPERATURES) -> pd.DataFrame:
+    @result("trace", heavy=True)
+    def entropy_at_temperatures(self, progress: Progress | None = None) -> pd.DataFrame:
         """Long frame (temperature, position, entropy) from one ``entropy_sweep`` over the cached logits."""
-        if self.trace is None:
-            raise InputError("Nothing scored yet: press Generate or Score.")
-        key = ("sweep", tuple(temperatures))
-        if key not in self._frames:
-            sweep = self.trace.entropy_at(list(temperatures)).cpu().numpy()
-            n = sweep.shape[1]
-            self._frames[key] = pd.DataFrame({"temperature": np.repeat(temperatures, n),
-                                              "position": np.tile(np.arange(n), len(sweep)),
-                                              "entropy": sweep.ravel()})
-        return self._frames[key]
+        temperatures = SMALL_MULTIPLE_TEMPERATURES
+        sweep = self.trace().entropy_at(list(temperatures)).cpu().numpy()
+        n = sweep.shape[1]
+        return pd.DataFrame({"temperature": np.repeat(temperatures, n), "position": np.tile(np.arange(n), len(sweep)),
+                             "entropy": sweep.ravel()})
 
+    @result("attention")
     def attention_frame(self) -> pd.DataFrame:
         """Mean attention entropy over the text's tokens, one row per (layer, head)."""
-        mean = self.attention.mean(-1).cpu().numpy()
+        mean = self.attention().mean(-1).cpu().numpy()
         layers, heads = np.meshgrid(np.arange(mean.shape[0]), np.arange(mean.shape[1]), indexing="ij")
         return pd.DataFrame({"layer": layers.ravel(), "head": heads.ravel(), "entropy": mean.ravel()})
 
+    @result("attention", "layer", "head")
     def attention_curve(self) -> pd.DataFrame:
-        values = self.attention[self.layer, self.head].cpu().numpy()
-        return pd.DataFrame({"position": np.arange(len(values)), "entropy": values,
-                             "token": self.trace.tokens})
+        """Attention entropy of one layer and head at every position (layer and head clipped to the model)."""
+        attention = self.attention()
+        layer, head = min(self.layer, attention.shape[0] - 1), min(self.head, attention.shape[1] - 1)
+        values = attention[layer, head].cpu().numpy()
+        return pd.DataFrame({"position": np.arange(len(values)), "entropy": values, "token": self.trace().tokens})
 
     def decode(self, token_id: int) -> str:
-        """The text of one token id (cached: the alternatives repeat across positions)."""
-        if token_id not in self._decoded:
-            self._decoded[token_id] = self._tokenizer.decode([token_id])
-        return self._decoded[token_id]
+        """The text of one token id (cached per id: the alternatives repeat across positions)."""
+        texts = self._token_texts()
+        if token_id not in texts:
+            texts[token_id] = self._tokenizer().decode([token_id])
+        return texts[token_id]
+
+    @result("model_name", heavy=True)
+    def _tokenizer(self):
+        return self.language_model().tokenizer
+
+    @result("model_name")
+    def _token_texts(self) -> dict[int, str]:
+        return {}

@@ -16,7 +16,6 @@ takes probabilities when the rows sum to one and says what to do otherwise.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +25,14 @@ import pandas as pd
 import torch
 
 from explorer.cache import cache_dir
+from explorer.data.uploads import Upload, check_rows, check_suffix, pick_column, read_npy, read_npz, read_table, upload_from
 from explorer.errors import InputError
 
 KINDS = ("auto", "probabilities", "logits")
 SCORE_KEYS = ("probs", "probabilities", "proba", "logits", "scores")
 LABEL_KEYS = ("labels", "label", "y", "targets", "target", "true_label")
 SUM_TOLERANCE = 1e-3
-MAX_UPLOAD_BYTES = 512 * 2**20
+MAX_ROWS = 1_000_000
 
 
 @dataclass(frozen=True, eq=False)
@@ -166,19 +166,6 @@ def outputs_from_arrays(scores, labels, kind: str = "auto", class_names=None, na
 
 
 # ----------------------------------------------------------------------------- files
-def _npy(data: bytes, filename: str) -> np.ndarray:
-    try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
-    except ValueError as err:
-        if "pickle" in str(err).lower():
-            raise InputError(f"{filename} is not a plain NumPy file: either not .npy/.npz at all, or it holds "
-                             "pickled Python objects, which are never loaded. Save plain numeric or string "
-                             "arrays.") from err
-        raise InputError(f"{filename} is not a readable NumPy file: {err}") from err
-    except (OSError, EOFError) as err:
-        raise InputError(f"{filename} is not a readable NumPy file: {err}") from err
-
-
 def _pick(arrays: Mapping[str, np.ndarray], keys: tuple[str, ...], what: str, filename: str) -> tuple[str, np.ndarray]:
     for key in keys:
         if key in arrays:
@@ -187,24 +174,18 @@ def _pick(arrays: Mapping[str, np.ndarray], keys: tuple[str, ...], what: str, fi
                      f"(found {sorted(arrays)}).")
 
 
-def _from_npz(data: bytes, filename: str, kind: str) -> ClassifierOutputs:
-    archive = _npy(data, filename)
-    if not hasattr(archive, "files"):
-        raise InputError(f"{filename} is not an .npz archive.")
-    try:
-        arrays = {key: archive[key] for key in archive.files}
-    except ValueError as err:
-        raise InputError(f"{filename} holds Python objects (pickled); save plain arrays instead.") from err
-    score_key, scores = _pick(arrays, SCORE_KEYS, "scores", filename)
-    _, labels = _pick(arrays, LABEL_KEYS, "labels", filename)
+def _from_npz(upload: Upload, kind: str) -> ClassifierOutputs:
+    arrays = read_npz(upload)
+    score_key, scores = _pick(arrays, SCORE_KEYS, "scores", upload.name)
+    _, labels = _pick(arrays, LABEL_KEYS, "labels", upload.name)
     if kind == "auto" and score_key == "logits":
         kind = "logits"
     names = arrays.get("class_names", arrays.get("classes"))
-    return outputs_from_arrays(scores, labels, kind, None if names is None else list(names), name=filename)
+    return outputs_from_arrays(scores, labels, kind, None if names is None else list(names), name=upload.name)
 
 
-def _from_npy_pair(files: Mapping[str, bytes], kind: str) -> ClassifierOutputs:
-    arrays = {filename: _npy(data, filename) for filename, data in files.items()}
+def _from_npy_pair(uploads: list[Upload], kind: str) -> ClassifierOutputs:
+    arrays = {upload.name: read_npy(upload) for upload in uploads}
     two_d = [f for f, a in arrays.items() if a.ndim == 2]
     one_d = [f for f, a in arrays.items() if a.ndim == 1]
     if len(two_d) != 1 or len(one_d) != 1:
@@ -213,22 +194,10 @@ def _from_npy_pair(files: Mapping[str, bytes], kind: str) -> ClassifierOutputs:
     return outputs_from_arrays(arrays[two_d[0]], arrays[one_d[0]], kind, name=f"{two_d[0]} + {one_d[0]}")
 
 
-def _read_table(data: bytes, filename: str) -> pd.DataFrame:
-    try:
-        if filename.lower().endswith(".csv"):
-            return pd.read_csv(io.BytesIO(data))
-        return pd.read_parquet(io.BytesIO(data))
-    except Exception as err:  # noqa: BLE001 - any parser failure is a bad file for the user
-        raise InputError(f"{filename} could not be read as a table: {err}") from err
-
-
 def _from_table(table: pd.DataFrame, filename: str, kind: str) -> ClassifierOutputs:
-    columns = {str(c).lower(): c for c in table.columns}
-    label_column = next((columns[key] for key in LABEL_KEYS if key in columns), None)
-    if label_column is None:
-        raise InputError(f"{filename} needs a label column named one of {list(LABEL_KEYS)}; "
-                         f"found {list(map(str, table.columns))[:12]}.")
-    text_column = columns.get("text")
+    check_rows(len(table), MAX_ROWS, "rows", filename)
+    label_column = pick_column(table, None, LABEL_KEYS, "label", filename, required=True)
+    text_column = pick_column(table, None, ("text",), "text", filename)
     score_columns = [c for c in table.columns if c not in (label_column, text_column)]
     non_numeric = [str(c) for c in score_columns if not pd.api.types.is_numeric_dtype(table[c])]
     if non_numeric:
@@ -242,40 +211,35 @@ def _from_table(table: pd.DataFrame, filename: str, kind: str) -> ClassifierOutp
                                class_names=[str(c) for c in score_columns], name=filename, texts=texts)
 
 
-def read_uploaded(files: Mapping[str, bytes], kind: str = "auto") -> ClassifierOutputs:
-    """Classifier outputs from uploaded files ``{filename: content}`` (see the module docstring)."""
-    outputs = _read_files(files, kind)
+def read_uploaded(files: Mapping[str, bytes] | list[Upload], kind: str = "auto") -> ClassifierOutputs:
+    """Classifier outputs from uploaded files (``{filename: content}`` or :class:`Upload` s; see the
+    module docstring)."""
+    uploads = files if isinstance(files, list) else [Upload(name, data) for name, data in files.items()]
+    outputs = _read_uploads(uploads, kind)
+    check_rows(outputs.num_rows, MAX_ROWS, "rows", outputs.name)
     description = (f"{outputs.num_rows} rows, {outputs.num_classes} classes: accuracy {outputs.accuracy:.1%}, "
                    f"mean top probability {outputs.mean_confidence:.1%}.")
     return ClassifierOutputs(outputs.probs, outputs.labels, outputs.class_names, outputs.name, description,
                              outputs.images, outputs.texts)
 
 
-def _read_files(files: Mapping[str, bytes], kind: str) -> ClassifierOutputs:
-    if not files:
+def _read_uploads(uploads: list[Upload], kind: str) -> ClassifierOutputs:
+    if not uploads:
         raise InputError("No file uploaded: choose an .npz, two .npy files, a .csv or a .parquet file.")
-    too_big = [f for f, data in files.items() if len(data) > MAX_UPLOAD_BYTES]
-    if too_big:
-        raise InputError(f"{too_big[0]} is larger than {MAX_UPLOAD_BYTES // 2**20} MiB.")
-    suffixes = {Path(filename).suffix.lower() for filename in files}
-    if suffixes == {".npy"}:
-        return _from_npy_pair(files, kind)
-    if len(files) != 1:
+    if len(uploads) > 1 and {u.suffix for u in uploads} != {".npy"}:
         raise InputError("Upload one .npz, .csv or .parquet file, or exactly two .npy files.")
-    filename, data = next(iter(files.items()))
-    suffix = Path(filename).suffix.lower()
-    if suffix == ".npz":
-        return _from_npz(data, filename, kind)
-    if suffix in (".csv", ".parquet"):
-        return _from_table(_read_table(data, filename), filename, kind)
-    raise InputError(f"Unsupported file type {suffix or filename!r}: use .npz, .npy (a pair), .csv or .parquet.")
+    uploads = [upload_from(u) for u in uploads]
+    if uploads[0].suffix == ".npy":
+        if len(uploads) != 2:
+            raise InputError("A .npy file holds one array: upload two, a 2-D array of scores and a 1-D array of "
+                             "labels.")
+        return _from_npy_pair(uploads, kind)
+    upload = uploads[0]
+    if check_suffix(upload, (".npz", ".csv", ".parquet")) == ".npz":
+        return _from_npz(upload, kind)
+    return _from_table(read_table(upload), upload.name, kind)
 
 
 def load_classifier_outputs(*paths: str | Path, kind: str = "auto") -> ClassifierOutputs:
     """Classifier outputs from files on disk (same formats as :func:`read_uploaded`)."""
-    files = {}
-    for path in map(Path, paths):
-        if not path.is_file():
-            raise InputError(f"No such file: {path}")
-        files[path.name] = path.read_bytes()
-    return read_uploaded(files, kind)
+    return read_uploaded([upload_from(path) for path in paths], kind)

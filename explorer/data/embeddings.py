@@ -7,7 +7,6 @@ unreadable or oversized files) becomes one :class:`InputError` that says what to
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,13 +14,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from explorer.data.uploads import (Upload, check_rows, check_suffix, pick_column, read_npy, read_npz, read_table,
+                                   upload_from)
 from explorer.errors import InputError
 from explorer.progress import Progress
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 TEXT_SET = DATA_DIR / "diversity_texts.csv"
-MAX_FILE_BYTES = 512 * 1024**2
 SUFFIXES = (".npy", ".npz", ".csv", ".parquet")
+MAX_ROWS = 200_000
 LABEL_NAMES = ("label", "labels", "group", "class", "y")
 TEXT_NAMES = ("text", "sentence", "sample", "generation")
 
@@ -78,54 +79,26 @@ def validated(name: str, X, labels=None, texts=None) -> EmbeddingSet:
 
 
 # -------------------------------------------------------------------------------------------- files
-def load_embedding_file(source: str | Path | bytes, filename: str | None = None, text_column: str | None = None,
-                        label_column: str | None = None, progress: Progress | None = None) -> EmbeddingSet:
-    """Read an embedding set from a path or uploaded bytes (``filename`` gives the type).
+def load_embedding_file(source: str | Path | bytes | Upload, filename: str | None = None,
+                        text_column: str | None = None, label_column: str | None = None,
+                        progress: Progress | None = None) -> EmbeddingSet:
+    """Read an embedding set from a path, an :class:`Upload` or uploaded bytes (``filename`` gives the type).
 
     .npy: an n x d array. .npz: arrays ``X``/``embeddings`` (or the first 2-D one) and optional
     ``labels``. .csv/.parquet: numeric columns are the embedding, a label column (``label_column``
     or one named label/group/class) and a text column (``text_column`` or one named text/...);
     a table with a text column and no numeric ones is embedded with all-MiniLM-L6-v2.
     """
-    name = filename or (Path(source).name if not isinstance(source, bytes) else "upload")
-    suffix = Path(name).suffix.lower()
-    if suffix not in SUFFIXES:
-        raise InputError(f"{name}: unsupported file type {suffix or '(none)'}; use one of {', '.join(SUFFIXES)}.")
-    raw = _read_bytes(source, name)
-    try:
-        if suffix == ".npy":
-            return validated(name, np.load(io.BytesIO(raw), allow_pickle=False))
-        if suffix == ".npz":
-            return _from_npz(name, raw)
-        table = pd.read_csv(io.BytesIO(raw)) if suffix == ".csv" else pd.read_parquet(io.BytesIO(raw))
-    except InputError:
-        raise
-    except Exception as err:  # noqa: BLE001 - any parser failure is a bad file
-        raise InputError(f"{name}: could not read it as {suffix}: {type(err).__name__}: {err}") from err
-    return from_table(name, table, text_column, label_column, progress)
+    upload = upload_from(source, filename)
+    suffix = check_suffix(upload, SUFFIXES)
+    if suffix == ".npy":
+        return validated(upload.name, read_npy(upload))
+    if suffix == ".npz":
+        return _from_npz(upload.name, read_npz(upload))
+    return from_table(upload.name, read_table(upload), text_column, label_column, progress)
 
 
-def _read_bytes(source, name: str) -> bytes:
-    if isinstance(source, bytes):
-        data = source
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise InputError(f"{name}: no such file: {path}")
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise InputError(f"{name}: {path.stat().st_size / 1024**2:.0f} MiB is too large "
-                             f"(limit {MAX_FILE_BYTES // 1024**2} MiB); subsample it first.")
-        data = path.read_bytes()
-    if len(data) > MAX_FILE_BYTES:
-        raise InputError(f"{name}: too large (limit {MAX_FILE_BYTES // 1024**2} MiB); subsample it first.")
-    if not data:
-        raise InputError(f"{name}: the file is empty.")
-    return data
-
-
-def _from_npz(name: str, raw: bytes) -> EmbeddingSet:
-    with np.load(io.BytesIO(raw), allow_pickle=False) as archive:
-        arrays = {key: archive[key] for key in archive.files}
+def _from_npz(name: str, arrays: dict[str, np.ndarray]) -> EmbeddingSet:
     key = next((k for k in ("X", "embeddings", "x") if k in arrays), None) or \
         next((k for k, v in arrays.items() if v.ndim == 2), None)
     if key is None:
@@ -134,21 +107,12 @@ def _from_npz(name: str, raw: bytes) -> EmbeddingSet:
     return validated(name, arrays[key], labels)
 
 
-def _pick_column(table: pd.DataFrame, wanted: str | None, names: tuple[str, ...], name: str) -> str | None:
-    if wanted:
-        if wanted not in table.columns:
-            raise InputError(f"{name}: no column {wanted!r}; columns are {', '.join(map(str, table.columns))}.")
-        return wanted
-    return next((c for c in table.columns if str(c).lower() in names), None)
-
-
 def from_table(name: str, table: pd.DataFrame, text_column: str | None = None, label_column: str | None = None,
                progress: Progress | None = None) -> EmbeddingSet:
     """Numeric columns as the embedding, or the text column embedded when there are none."""
-    if table.empty:
-        raise InputError(f"{name}: the table has no rows.")
-    label_col = _pick_column(table, label_column, LABEL_NAMES, name)
-    text_col = _pick_column(table, text_column, TEXT_NAMES, name)
+    check_rows(len(table), MAX_ROWS, "rows", name)
+    label_col = pick_column(table, label_column, LABEL_NAMES, "label", name)
+    text_col = pick_column(table, text_column, TEXT_NAMES, "text", name)
     features = table.drop(columns=[c for c in (label_col, text_col) if c is not None])
     labels = None if label_col is None else table[label_col].tolist()
     texts = None if text_col is None else table[text_col].astype(str).tolist()

@@ -11,7 +11,6 @@ and repeated questions are kept once.
 
 from __future__ import annotations
 
-import io
 import re
 import string
 from pathlib import Path
@@ -19,63 +18,37 @@ from pathlib import Path
 import pandas as pd
 
 from explorer.data.hub_datasets import dataset_file, is_dataset_source
+from explorer.data.uploads import Upload, check_rows, pick_column, read_table, upload_from
 from explorer.errors import InputError
 
 DEFAULT_QUESTIONS = Path(__file__).resolve().parents[2] / "data" / "questions.csv"
 ALIAS_SEPARATOR = "|"
-READERS = {
-    ".csv": lambda src: pd.read_csv(src, dtype=str, keep_default_na=False),
-    ".jsonl": lambda src: pd.read_json(src, lines=True, dtype=False),
-    ".parquet": pd.read_parquet,
-}
+MAX_QUESTIONS = 20_000
 QUESTION_COLUMNS = ("question", "query", "prompt", "input", "problem")
 ANSWER_COLUMNS = ("answer", "answers", "target", "reference", "output")
 
 
-def _read(source, name: str) -> pd.DataFrame:
-    suffix = Path(name).suffix.lower()
-    if suffix not in READERS:
-        raise InputError(f"{name}: unsupported file type {suffix or '(none)'}; use one of {sorted(READERS)}.")
-    try:
-        return READERS[suffix](source)
-    except Exception as err:  # noqa: BLE001 - any parser failure is a bad file
-        raise InputError(f"{name} could not be read as {suffix[1:].upper()}: {err}") from err
-
-
-def load_questions(source: str | Path | bytes | None = None, name: str | None = None,
+def load_questions(source: str | Path | bytes | Upload | None = None, name: str | None = None,
                    question_column: str = "question", answer_column: str | None = "answer") -> pd.DataFrame:
     """Read and check a question table -> DataFrame ``question`` (str), ``answers`` (list[str], maybe empty).
 
-    ``source``: a path (default: the bundled set) or the bytes of an upload (then ``name`` gives its
-    file type). The answer column is optional: missing -> no reference answers.
+    ``source``: a path (default: the bundled set), an :class:`Upload`, the bytes of an upload (then
+    ``name`` gives its file type), or a Hugging Face dataset (``hf:owner/name``). The answer column is
+    optional: missing -> no reference answers.
     """
-    if isinstance(source, (bytes, bytearray)):
-        name = name or "upload"
-        table = _read(io.BytesIO(source), name)
-    elif is_dataset_source(source):
+    if is_dataset_source(source):
         path, name = dataset_file(str(source))
-        table = _read(path, name)
-        question_column = _column(table, question_column, QUESTION_COLUMNS, name, "question")
-        answer_column = _column(table, answer_column, ANSWER_COLUMNS, name, None) if answer_column else None
+        table = read_table(upload_from(path, name), as_text=True)
+        question_column = pick_column(table, None, (question_column, *QUESTION_COLUMNS), "question", name, True)
+        answer_column = pick_column(table, None, (answer_column, *ANSWER_COLUMNS), "answer", name) \
+            if answer_column else None
         table = table.loc[~table[question_column].astype(str).str.strip().duplicated()]
     else:
-        path = Path(source or DEFAULT_QUESTIONS)
-        name = path.name
-        if not path.is_file():
-            raise InputError(f"Question file not found: {path}")
-        table = _read(path, name)
+        upload = upload_from(source if source is not None else DEFAULT_QUESTIONS, name)
+        name = upload.name
+        table = read_table(upload, as_text=True)
+    check_rows(len(table), MAX_QUESTIONS, "questions", name)
     return _checked(table, name, question_column, answer_column)
-
-
-def _column(table: pd.DataFrame, wanted: str | None, candidates: tuple[str, ...], name: str, required: str | None):
-    """``wanted`` if the table has it, else the first of ``candidates`` it has (None if optional and absent)."""
-    if wanted in table.columns:
-        return wanted
-    found = next((c for c in candidates if c in table.columns), None)
-    if found is None and required:
-        raise InputError(f"{name} has no {required} column (looked for {wanted!r} and {list(candidates)}); "
-                         f"its columns are {list(table.columns)}.")
-    return found
 
 
 def _checked(table: pd.DataFrame, name: str, question_column: str, answer_column: str | None) -> pd.DataFrame:

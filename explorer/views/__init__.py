@@ -13,7 +13,7 @@ _COMPONENTS = {
     "TemperatureSensitivity": "explorer.views.temperature",
     "DiversityExplorer": "explorer.views.diversity",
     "ConformalExplorer": "explorer.views.conformal",
-    "BackgroundTask": "explorer.views.task",
+    "JobRunner": "explorer.views.jobs",
 }
 
 __all__ = list(_COMPONENTS)

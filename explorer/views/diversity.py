@@ -2,7 +2,7 @@
 hidden-state data, alone or beside a second data set.
 
 A thin view over :class:`explorer.analyses.diversity.DiversityAnalysis`: widgets come from its
-parameters, loading data and computing spectra run in a :class:`BackgroundTask` off the event loop,
+parameters, loading data and computing spectra run in the page's :class:`JobRunner` off the event loop,
 and the page only ever reads cached results (``analysis.reading()``). The curves are Bokeh figures
 built once, over ColumnDataSources the page owns: new results refill them, and a q or t move sets
 only the data that depends on it (the q marker, the subsample, group and depth curves, the t marker,
@@ -14,9 +14,7 @@ above ``hover_points``) is rebuilt only when new results arrive.
 from __future__ import annotations
 
 import contextlib
-import functools
 import html
-import io
 import math
 
 import holoviews as hv
@@ -27,39 +25,24 @@ import param
 from bokeh.models import ColumnDataSource, FactorRange, HoverTool, FixedTicker, LogTicker, Range1d, Span
 from bokeh.plotting import figure
 
-from explorer.analyses.diversity import CURVE_Q, DiversityAnalysis, NotComputed
-from explorer.data.embeddings import BUNDLED, load_embedding_file
+from explorer.analyses.diversity import CURVE_Q, KERNEL_SETTINGS, DiversityAnalysis, NotComputed
+from explorer.data.sources import EMBEDDING_SOURCES
 from explorer.errors import InputError
-from explorer.views.task import BackgroundTask
+from explorer.views.jobs import JobRunner
+from explorer.views.shared import (AMBER, PALETTE, TEAL, card, download_button, format_value, on_open, upload_widget,
+                                   uploaded)
 
-HIDDEN = "Hidden states of SmolLM2-135M (texts, per layer)"
-UPLOAD = "Uploaded file"
-NO_COMPARISON = "(no comparison)"
-SECOND_UPLOAD = "Second uploaded file"
-KERNEL_SETTINGS = ("kernel", "sigma", "degree", "center", "dse_sigma", "method", "approx_above", "landmarks", "seed")
+COMPARE_OPTIONS = {"(no comparison)": "", **{s.label: s.key for s in EMBEDDING_SOURCES if s.kind == "bundled"},
+                   "Second uploaded file": "upload"}
 RESULTS_WIDTH = 740
 HOVER_POINTS = 5000  # projections with more points are rasterised (datashader); fewer keep per-point hover
 MAX_CATEGORIES = 20  # more groups than this are rasterised as plain counts
-TEAL, AMBER = "#0f766e", "#b45309"
-PALETTE = ["#0f766e", "#b45309", "#6d28d9", "#be123c", "#1d4ed8", "#4d7c0f", "#a16207", "#0e7490", "#9d174d",
-           "#374151"]
 LOG_TICKS = [m * 10.0**e for e in range(-16, 8) for m in (1, 2, 5)]
-CARD_CSS = ("display:inline-block;padding:6px 12px;border:1px solid #e5e7eb;border-radius:8px;margin:0 8px 8px 0;"
-            "vertical-align:top;min-width:110px")
-
-
-def _format(value) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return "∞" if math.isinf(value) else f"{value:.4g}"
-    return str(value)
+SHARED_SETTINGS = (*KERNEL_SETTINGS, "dse_sigma", "q", "t")   # B is studied with A's settings
 
 
 def _card(key: str, title: str, value, note: str = "") -> str:
-    return (f"<div class='dv-card dv-card-{key}' style='{CARD_CSS}'><div style='font-size:12px;color:#6b7280'>"
-            f"{html.escape(title)}</div><div class='dv-card-value' style='font-size:22px;font-weight:600'>"
-            f"{html.escape(_format(value))}</div><div style='font-size:11px;color:#6b7280'>{html.escape(note)}</div></div>")
+    return card(title, value, note, key=key, prefix="dv")
 
 
 def cards_html(s: dict, notes: list[str], prefix: str = "", tag: str = "") -> str:
@@ -69,9 +52,9 @@ def cards_html(s: dict, notes: list[str], prefix: str = "", tag: str = "") -> st
     dse_note = f"bits, t = {s['t']:g}, σ = {s['dse_sigma']:.3g}" + \
         ("" if s["dse_rows"] == s["n"] else f", seeded subsample of {s['dse_rows']}")
     cards = [
-        _card(prefix + "vendi", f"Vendi (q = {_format(s['q'])})", s["vendi"], exactness),
+        _card(prefix + "vendi", f"Vendi (q = {format_value(s['q'])})", s["vendi"], exactness),
         _card(prefix + "rke", "RKE (Vendi q = 2)", s["rke"], s["kernel"] + " kernel"),
-        _card(prefix + "renyi", f"Rényi entropy (α = {_format(s['q'])})", s["renyi_bits"], "bits"),
+        _card(prefix + "renyi", f"Rényi entropy (α = {format_value(s['q'])})", s["renyi_bits"], "bits"),
         _card(prefix + "effective-rank", "Effective rank", s["effective_rank"], "of the kernel features"),
         _card(prefix + "dse", "DSE", s["dse_bits"], dse_note),
         _card(prefix + "dsmi", "DSMI with groups", s["dsmi_bits"], "bits" if s["dsmi_bits"] is not None else "no labels"),
@@ -107,30 +90,25 @@ class DiversityExplorer(pn.viewable.Viewer):
     text set; pass ``analysis=DiversityAnalysis(dataset=...)`` to study your own data from code."""
 
     analysis = param.ClassSelector(class_=DiversityAnalysis)
-    source = param.Selector(objects=list(BUNDLED) + [HIDDEN, UPLOAD], default=list(BUNDLED)[0], label="Data")
-    compare_with = param.Selector(objects=[NO_COMPARISON] + list(BUNDLED) + [SECOND_UPLOAD], default=NO_COMPARISON,
-                                  label="Compare with (B)")
+    source = param.Selector(objects=EMBEDDING_SOURCES.options(), default="texts", label="Data")
+    compare_with = param.Selector(objects=COMPARE_OPTIONS, default="", label="Compare with (B)")
     hover_points = param.Integer(default=HOVER_POINTS, bounds=(0, None),
                                  doc="Projections of more points are rasterised; fewer show each sample on hover.")
-    results = param.Integer(default=0, doc="Bumped when a job ends: the plots are rebuilt from the caches.")
+    results = param.Integer(default=0, doc="Bumped when a job ends: the plots are refilled from the caches.")
 
     def __init__(self, **params):
         given = "analysis" in params
         params.setdefault("analysis", DiversityAnalysis())
         super().__init__(**params)
-        self.task = BackgroundTask()
+        self.jobs = JobRunner()
         self.other: DiversityAnalysis | None = None
-        self._pending = None
         self._quiet_depth = 0
         a = self.analysis
-        self._upload = pn.widgets.FileInput(accept=".npy,.npz,.csv,.parquet", label="Embeddings file",
-                                            css_classes=["dv-upload"])
-        self._upload_b = pn.widgets.FileInput(accept=".npy,.npz,.csv,.parquet", label="Second file (B)",
-                                              css_classes=["dv-upload-b"])
+        self._upload = upload_widget("Embeddings file", ".npy,.npz,.csv,.parquet", "dv-upload")
+        self._upload_b = upload_widget("Second file (B)", ".npy,.npz,.csv,.parquet", "dv-upload-b")
         self._upload.param.watch(self._on_upload, "value")
         self._upload_b.param.watch(self._on_upload_b, "value")
-        self._download = pn.widgets.FileDownload(callback=self._scores_csv, filename="diversity_scores.csv",
-                                                 label="Export scores (CSV)", color="primary", width=260)
+        self._download = download_button(self._scores_csv, "diversity_scores.csv", "Export scores (CSV)", width=260)
         self._layer = pn.widgets.IntSlider.from_param(a.param.layer, start=0, end=max(len(a.layers) - 1, 1),
                                                       visible=bool(a.layers), css_classes=["dv-layer"])
         self._cards = pn.pane.HTML("<i>Loading data…</i>", width=RESULTS_WIDTH, css_classes=["dv-cards"])
@@ -140,13 +118,13 @@ class DiversityExplorer(pn.viewable.Viewer):
         self.param.watch(self._on_source, "source")
         self.param.watch(self._on_compare, "compare_with")
         self.param.watch(lambda _e: self._rebuild(), ["results", "hover_points"])
-        a.param.watch(self._on_settings, list(KERNEL_SETTINGS) + ["layer"])
+        a.param.watch(self._on_settings, list(KERNEL_SETTINGS) + ["dse_sigma", "layer"])
         a.param.watch(self._on_order, ["q", "t"])
         self._rebuild()
         if given and a.dataset is not None:
-            pn.state.onload(lambda: self._launch(self._compute_all, "Computing spectra"))
+            on_open(self._compute)
         else:
-            pn.state.onload(lambda: self._on_source(None))
+            on_open(lambda: self._on_source(None))
 
     # ----------------------------------------------------------------------------- jobs
     @contextlib.contextmanager
@@ -158,33 +136,23 @@ class DiversityExplorer(pn.viewable.Viewer):
         finally:
             self._quiet_depth -= 1
 
-    def _launch(self, job, label, on_loaded=None):
-        """Run ``job`` off the loop; with ``on_loaded`` it is a loader whose result ``on_loaded`` applies
-        on the loop before the spectra are computed. A job asked for while another runs waits for it
-        (only the latest waits: every job computes for the settings current when it starts)."""
-        if self.task.running:
-            self._pending = (job, label, on_loaded)
-            return
-        pn.state.execute(functools.partial(self._run, job, label, on_loaded))
+    def _compute(self) -> None:
+        """Compute A's (and B's) spectra for the current settings in the job runner, then refill the plots."""
+        self._sync_other()
+        self.jobs.submit(self._compute_all, "Computing spectra", slot="compute", on_done=self._job_ended,
+                         on_error=self._job_ended)
 
-    async def _run(self, job, label, on_loaded=None):
-        try:
-            if on_loaded is None:
-                self._sync_other()
-                await self.task.run(job, None, label)
-            else:
-                loaded = []
-                await self.task.run(job, loaded.append, label)
-                if loaded:
-                    with self._quiet():
-                        on_loaded(loaded[0])
-                    self._sync_other()
-                    await self.task.run(self._compute_all, None, "Computing spectra")
-        finally:
-            self.results += 1
-            pending, self._pending = self._pending, None
-            if pending is not None:
-                self._launch(*pending)
+    def _job_ended(self, _result=None) -> None:
+        self.results += 1
+
+    def _load(self, key: str, uploads: tuple, apply, slot: str, label: str) -> None:
+        """Load a source in the job runner; ``apply(data)`` runs on the loop, then spectra are computed."""
+        def loaded(data):
+            with self._quiet():
+                apply(data)
+            self._compute()
+        self.jobs.submit(lambda progress: EMBEDDING_SOURCES.load(key, progress, uploads), label, slot=slot,
+                         on_done=loaded, on_error=self._job_ended)
 
     def _compute_all(self, progress):
         self.analysis.compute(progress)
@@ -194,7 +162,7 @@ class DiversityExplorer(pn.viewable.Viewer):
     def _sync_other(self) -> DiversityAnalysis | None:
         """B is studied with A's settings (called on the loop)."""
         if self.other is not None:
-            self.other.param.update(**{name: getattr(self.analysis, name) for name in KERNEL_SETTINGS + ("q", "t")})
+            self.other.param.update(**{name: getattr(self.analysis, name) for name in SHARED_SETTINGS})
         return self.other
 
     def _set_data(self, data) -> None:
@@ -207,29 +175,22 @@ class DiversityExplorer(pn.viewable.Viewer):
             a.param.update(layers=[], layer=0, dataset=data)
         self._layer.visible = bool(a.layers)
 
-    def _load_job(self, source: str):
-        if source == HIDDEN:
-            from explorer.data.hidden_states import text_set_hidden_states
-
-            return lambda progress: text_set_hidden_states(progress=progress)
-        return lambda progress: BUNDLED[source](progress=progress)
-
     def _on_source(self, _event):
         if self._quiet_depth:
             return
-        if self.source != UPLOAD:
-            self._launch(self._load_job(self.source), f"Loading {self.source}", self._set_data)
+        if self.source != "upload":
+            label = EMBEDDING_SOURCES[self.source].label
+            self._load(self.source, (), self._set_data, "load-a", f"Loading {label}")
         elif self._upload.value is None:
-            self.task.show_error("Choose an embeddings file (.npy, .npz, .csv or .parquet) to upload.")
+            self.jobs.show_error("Choose an embeddings file (.npy, .npz, .csv or .parquet) to upload.")
 
     def _on_upload(self, _event):
-        data, name = self._upload.value, self._upload.filename
-        if data is None:
+        upload = uploaded(self._upload)
+        if upload is None:
             return
         with self._quiet():
-            self.source = UPLOAD
-        self._launch(lambda progress: load_embedding_file(data, name, progress=progress), f"Loading {name}",
-                     self._set_data)
+            self.source = "upload"
+        self._load("upload", (upload,), self._set_data, "load-a", f"Loading {upload.name}")
 
     def _set_other(self, data) -> None:
         self.other = DiversityAnalysis(dataset=data)
@@ -237,39 +198,39 @@ class DiversityExplorer(pn.viewable.Viewer):
     def _on_compare(self, _event):
         if self._quiet_depth:
             return
-        if self.compare_with == NO_COMPARISON:
+        if not self.compare_with:
+            self.jobs.cancel("load-b")
             self.other = None
             self.results += 1
-        elif self.compare_with == SECOND_UPLOAD:
+        elif self.compare_with == "upload":
             if self._upload_b.value is None:
-                self.task.show_error("Choose a second embeddings file (B) to compare with.")
+                self.jobs.show_error("Choose a second embeddings file (B) to compare with.")
             else:
                 self._on_upload_b(None)
         else:
-            self._launch(self._load_job(self.compare_with), f"Loading {self.compare_with} for comparison",
-                         self._set_other)
+            label = EMBEDDING_SOURCES[self.compare_with].label
+            self._load(self.compare_with, (), self._set_other, "load-b", f"Loading {label} for comparison")
 
     def _on_upload_b(self, _event):
-        data, name = self._upload_b.value, self._upload_b.filename
-        if data is None:
+        upload = uploaded(self._upload_b)
+        if upload is None:
             return
         with self._quiet():
-            self.compare_with = SECOND_UPLOAD
-        self._launch(lambda progress: load_embedding_file(data, name, progress=progress),
-                     f"Loading {name} for comparison", self._set_other)
+            self.compare_with = "upload"
+        self._load("upload", (upload,), self._set_other, "load-b", f"Loading {upload.name} for comparison")
 
     def _on_settings(self, _event):
         if not self._quiet_depth and self.analysis.dataset is not None:
-            self._launch(self._compute_all, "Computing spectra")
+            self._compute()
 
-    def _scores_csv(self):
+    def _scores_csv(self) -> str:
         try:
             with self._reading():
                 frames = [self.analysis.scores_frame()] + ([self.other.scores_frame()] if self._other() else [])
-        except (NotComputed, InputError):
-            self.task.show_error("The scores are not computed yet: wait for the current job to finish.")
-            return io.StringIO("")
-        return io.StringIO(pd.concat(frames).to_csv(index=False))
+        except InputError:   # NotComputed too
+            self.jobs.show_error("The scores are not computed yet: wait for the current job to finish.")
+            return ""
+        return pd.concat(frames).to_csv(index=False)
 
     # ----------------------------------------------------------------------------- reading results
     @contextlib.contextmanager
@@ -416,7 +377,7 @@ class DiversityExplorer(pn.viewable.Viewer):
         """New results (a job ended): refill every source; only the projection gets a new plot."""
         self._update_cards()
         a, b, src = self.analysis, self.other, self._src
-        computed = a.dataset is not None and not self.task.running and a.is_computed() and \
+        computed = a.dataset is not None and not self.jobs.busy("compute") and a.is_computed() and \
             (b is None or b.is_computed())
         self._shown = computed
         for name in ("vendi", "spectrum", "dse", "subsample", "groups"):
@@ -493,5 +454,5 @@ class DiversityExplorer(pn.viewable.Viewer):
         )
 
     def __panel__(self):
-        main = pn.Column(self.task, self._cards, self._plots, width=RESULTS_WIDTH + 20)
+        main = pn.Column(self.jobs, self._cards, self._plots, width=RESULTS_WIDTH + 20)
         return pn.Row(self._controls(), main)

@@ -1,16 +1,15 @@
 """The temperature sensitivity page: run a sweep, then compare measures across temperatures.
 
-A thin view over :mod:`explorer.analyses.temperature`: the settings form comes from
-:class:`TemperatureStudy`'s parameters, sampling runs in a :class:`BackgroundTask`, and every plot
-and table reads a stored :class:`RunResults` (past runs reopen instantly from the DuckDB store).
+A thin view over :class:`~explorer.analyses.temperature.TemperatureAnalysis` (the run's settings)
+and :class:`~explorer.analyses.runs.RunResults` (a stored run): the settings form comes from the
+analysis's parameters; sampling, reading a stored run, comparing two runs, a question's drill-down
+(embeddings, NLI) and reading an uploaded question file all run in the page's :class:`JobRunner`.
+Plots and tables read cached results only.
 """
 
 from __future__ import annotations
 
 import html
-import io
-import tempfile
-from pathlib import Path
 from urllib.parse import urlencode
 
 import holoviews as hv
@@ -20,19 +19,21 @@ import pandas as pd
 import panel as pn
 import param
 
-from explorer.analyses.temperature import (MEASURE_LABELS, QuestionDetail, RunComparison, RunResults, TemperatureStudy,
-                                           _temperatures, export_run, list_runs, resume_run)
-from explorer.data.questions import load_questions
+from explorer.analyses.runs import RunComparison, RunResults, export_run, list_runs
+from explorer.analyses.temperature import TemperatureAnalysis, parse_temperatures
+from explorer.analyses.uncertainty_measures import MEASURE_LABELS
+from explorer.data.sources import QUESTION_SOURCES
 from explorer.errors import InputError
-from explorer.views.task import BackgroundTask
+from explorer.views.jobs import JobRunner
+from explorer.views.shared import ORANGE, TEAL, download_button, upload_widget, uploaded
 
 FORM = ("model_name", "questions_path", "max_questions", "n_samples", "max_new_tokens", "seed", "batch_questions",
-        "equivalence_threshold", "nli_model", "correctness", "with_p_true", "with_inv_entropy", "perturbation", "n_perturbations",
-        "replicates", "bootstrap", "similarity_mapping", "db_path")
+        "equivalence_threshold", "nli_model", "correctness", "with_p_true", "with_inv_entropy", "perturbation",
+        "n_perturbations", "replicates", "bootstrap", "similarity_mapping", "db_path")
 INT_FIELDS = ("max_questions", "n_samples", "max_new_tokens", "seed", "batch_questions", "n_perturbations",
               "replicates", "bootstrap")
 PLOT = dict(height=330, responsive=True, show_grid=True, toolbar="right")
-TEAL, GREY, ORANGE = "#0f766e", "#64748b", "#c2410c"
+GREY = "#64748b"
 METHOD_NOTE = "MSP uses the most probable sampled answer."
 PERTURBATION_NOTE = ("Inv-Entropy perturbations: paraphrases written by the model itself, or GAAP (the paper's genetic "
                      "algorithm over WordNet synonyms of the question's keywords), as chosen in the settings.")
@@ -77,10 +78,11 @@ def comparison_curves(curves: pd.DataFrame, labels: dict[str, str], title: str) 
 class TemperatureSensitivity(pn.viewable.Viewer):
     """Sequence-level uncertainty across temperatures, TSU, AUROC/PRR and per-question drill-down.
 
-    ``TemperatureSensitivity()`` renders with defaults in a notebook or under ``panel serve``.
+    ``TemperatureSensitivity()`` renders with defaults in a notebook or under ``panel serve``; pass
+    ``analysis=TemperatureAnalysis(...)`` to start from other settings.
     """
 
-    study = param.ClassSelector(class_=TemperatureStudy)
+    analysis = param.ClassSelector(class_=TemperatureAnalysis)
     results = param.ClassSelector(class_=RunResults, allow_None=True)
     comparison = param.ClassSelector(class_=RunComparison, allow_None=True)
     temperatures_text = param.String(default="0.3, 0.7, 1.0, 1.4", label="Temperatures (increasing)")
@@ -89,10 +91,10 @@ class TemperatureSensitivity(pn.viewable.Viewer):
     drill_temperature = param.Selector(objects=[None], default=None, label="Inv-Entropy matrices at T")
 
     def __init__(self, **params):
-        params.setdefault("study", TemperatureStudy())
+        params.setdefault("analysis", TemperatureAnalysis())
         super().__init__(**params)
-        self.task = BackgroundTask()
-        self._upload = pn.widgets.FileInput(accept=".csv,.jsonl,.parquet", name="Question file")
+        self.jobs = JobRunner()
+        self._upload = upload_widget("Question file", ".csv,.jsonl,.parquet", "ts-upload")
         self._upload.param.watch(self._on_upload, "value")
         self._runs = pn.widgets.Tabulator(pd.DataFrame(), height=180, sizing_mode="stretch_width", disabled=True,
                                           selectable=1, show_index=False, name="runs")
@@ -103,66 +105,77 @@ class TemperatureSensitivity(pn.viewable.Viewer):
         self._resume.on_click(self._on_resume)
         self._compare = pn.widgets.Select(name="Compare with run", options={"(none)": ""}, value="", width=420)
         self._compare.param.watch(self._on_compare, "value")
-        self._export = pn.widgets.FileDownload(callback=self._export_payload, filename="run.zip", disabled=True,
-                                               label="Export run (Parquet, zip)", width=220)
+        self._export = download_button(self._export_payload, "run.zip", "Export run (Parquet, zip)", width=220)
+        self._export.disabled = True
         self._question = pn.widgets.Select(name="Question", options={}, sizing_mode="stretch_width")
         self._question.param.watch(lambda e: setattr(self, "question_index", e.new), "value")
+        self._drill = pn.Column(pn.pane.Markdown("Select a run to inspect its questions."), sizing_mode="stretch_width")
+        self.param.watch(self._on_drill_choice, ["question_index", "drill_temperature"])
         self._refresh_runs()
 
     # ------------------------------------------------------------------ actions (no computation here)
-    def _on_upload(self, event) -> None:
+    def _on_upload(self, _event) -> None:
+        upload = uploaded(self._upload)
+        if upload is None:
+            return
+
+        def loaded(table):
+            self.analysis.questions_upload = upload
+            self.jobs.show_message(f"Loaded {len(table)} questions from {upload.name}: the next run uses them.")
+        self.jobs.submit(lambda progress: QUESTION_SOURCES.load("upload", progress, (upload,)),
+                         f"Reading {upload.name}", slot="questions", on_done=loaded)
+
+    def _on_start(self, _event) -> None:
         try:
-            table = load_questions(event.new, name=self._upload.filename or "upload.csv")
+            self.analysis.temperatures = parse_temperatures(self.temperatures_text)
+            self.analysis.validate()
         except InputError as err:
-            self.task.show_error(err)
+            self.jobs.show_error(err)
             return
-        folder = Path(tempfile.mkdtemp(prefix="questions-"))
-        path = folder / "questions.csv"
-        table.assign(answer=table["answers"].map("|".join))[["question", "answer"]].to_csv(path, index=False)
-        self.study.questions_path = str(path)
-        self.task.show_error(f"Loaded {len(table)} questions from {html.escape(self._upload.filename or 'upload')}.")
 
-    async def _on_start(self, _event) -> None:
-        try:
-            self.study.temperatures = _temperatures(self.temperatures_text.replace(";", ",").split(","))
-            self.study.validate()
-            self.study.questions()
-        except (InputError, ValueError) as err:
-            self.task.show_error(err if isinstance(err, InputError) else InputError(f"Bad temperatures: {err}"))
-            return
-        await self.task.run(self.study.run, on_done=self._open_run, label="Sampling")
+        def check_and_run(progress):
+            self.analysis.questions()   # a bad question file fails here, before any model loads
+            return self.analysis.compute(progress).last_run_id
+        self.jobs.submit(check_and_run, "Sampling", slot="run", on_done=self._opened_new_run)
 
-    async def _on_resume(self, _event) -> None:
+    def _on_resume(self, _event) -> None:
         rows = self._runs.selection
         if not rows:
-            self.task.show_error("Select a run in the table first.")
+            self.jobs.show_error("Select a run in the table first.")
             return
-        run_id, db = self._runs.value["run_id"].iloc[rows[0]], self.study.db_path
-        await self.task.run(lambda progress: resume_run(db, run_id, progress), on_done=self._open_run,
-                            label="Resuming")
+        from explorer.analyses.temperature import resume_run
+
+        run_id, db = self._runs.value["run_id"].iloc[rows[0]], self.analysis.db_path
+        self.jobs.submit(lambda progress: resume_run(db, run_id, progress), "Resuming", slot="run",
+                         on_done=self._opened_new_run)
+
+    def _opened_new_run(self, run_id: str) -> None:
+        self._refresh_runs()
+        self._open_run(run_id)
 
     def _on_run_selected(self, event) -> None:
         if event.new:
-            try:
-                self._open_run(self._runs.value["run_id"].iloc[event.new[0]], refresh=False)
-            except InputError as err:
-                self.task.show_error(err)
+            self._open_run(self._runs.value["run_id"].iloc[event.new[0]])
 
-    def _open_run(self, run_id: str, refresh: bool = True) -> None:
-        results = RunResults(self.study.db_path, run_id)
+    def _open_run(self, run_id: str) -> None:
+        """Read a stored run in a job; the page shows it when it is read."""
+        results = RunResults(self.analysis.db_path, run_id)
+        self.jobs.submit(results.compute, f"Reading run {run_id}", slot="open", on_done=self._show_run)
+
+    def _show_run(self, results: RunResults) -> None:
         names = results.measure_names
         self.param.measure.objects = {MEASURE_LABELS[m]: m for m in names or MEASURE_LABELS}
         if names and self.measure not in names:
             self.measure = names[0]
         self._question.options = {f"{i + 1}. {q}": i for i, q in enumerate(results.questions["question"])}
         self.param.drill_temperature.objects = results.temperatures
-        self.drill_temperature = results.temperatures[0]
-        self.results = results
-        self._export.filename, self._export.disabled = f"run_{run_id}.zip", False
-        if refresh:
-            self._refresh_runs()
+        with param.parameterized.batch_call_watchers(self):
+            self.drill_temperature = results.temperatures[0]
+            self.results = results
+        self._export.filename, self._export.disabled = f"run_{results.run_id}.zip", False
         self._compare_options()
         self._on_compare()
+        self._on_drill_choice()
 
     def _compare_options(self) -> None:
         runs = self._runs.value
@@ -177,41 +190,56 @@ class TemperatureSensitivity(pn.viewable.Viewer):
     def _on_compare(self, _event=None) -> None:
         other = self._compare.value
         if not other or self.results is None:
+            self.jobs.cancel("compare")
             self.comparison = None
             return
-        try:
-            self.comparison = RunComparison(self.results, RunResults(self.study.db_path, other))
-        except InputError as err:
-            self.comparison = None
-            self.task.show_error(err)
+        comparison = RunComparison(self.results, RunResults(self.analysis.db_path, other))
+        self.jobs.submit(comparison.compute, f"Reading run {other}", slot="compare",
+                         on_done=lambda done: setattr(self, "comparison", done))
 
-    def _export_payload(self):
+    def _on_drill_choice(self, *_events) -> None:
+        """A question's answers in meaning classes and its Inv-Entropy matrices, computed in a job."""
+        results, qi, temperature = self.results, self.question_index, self.drill_temperature
+        if results is None:
+            return
+        if qi >= len(results.questions):
+            return
+        t = temperature if temperature is not None else results.temperatures[0]
+
+        def drill(progress):
+            progress.update(0, 2, "Grouping the answers into meaning classes")
+            answers = results.question_answers(qi)
+            progress.update(1, 2, "Inv-Entropy similarity matrices")
+            return answers, results.inv_entropy_matrices(qi, t)
+        self._drill[:] = [pn.pane.Markdown("*Computing the drill-down…*")]
+        self.jobs.submit(drill, "Drill-down", slot="drill",
+                         on_done=lambda done: self._show_drill(results, qi, t, *done))
+
+    def _export_payload(self) -> bytes:
         if self.results is None:
-            return io.BytesIO(b"")
-        return io.BytesIO(export_run(self.study.db_path, self.results.run_id))
+            return b""
+        return export_run(self.analysis.db_path, self.results.run_id)
 
-    @param.depends("study.db_path", watch=True)
+    @param.depends("analysis.db_path", watch=True)
     def _refresh_runs(self) -> None:
-        try:
-            runs = list_runs(self.study.db_path)
-        except InputError as err:
-            self.task.show_error(err)
-            return
-        self._runs.value = runs[["run_id", "name", "created", "model", "status", "answers"]]
-        self._compare_options()
+        """The past runs table, read in a job (the store may be large or held by a running sweep)."""
+        def shown(runs):
+            self._runs.value = runs[["run_id", "name", "created", "model", "status", "answers"]]
+            self._compare_options()
+        self.jobs.submit(lambda progress: list_runs(self.analysis.db_path), "Reading past runs", slot="runs",
+                         on_done=shown)
 
     # ------------------------------------------------------------------ views
-    @param.depends("study.max_questions", "study.n_samples", "study.with_inv_entropy", "study.perturbation",
-                   "study.n_perturbations",
-                   "study.replicates", "temperatures_text")
+    @param.depends("analysis.max_questions", "analysis.n_samples", "analysis.with_inv_entropy",
+                   "analysis.perturbation", "analysis.n_perturbations", "analysis.replicates", "temperatures_text")
     def _cost(self):
         try:
-            temps = _temperatures(self.temperatures_text.replace(";", ",").split(","))
-        except (InputError, ValueError) as err:
+            temps = parse_temperatures(self.temperatures_text)
+        except InputError as err:
             return pn.pane.Markdown(f"**Temperatures:** {html.escape(str(err))}", styles={"color": "#b91c1c"})
-        study = TemperatureStudy(**{**self.study.settings(), "temperatures": temps})
-        return pn.pane.Markdown(f"**Cost:** {study.generations():,} generations "
-                                f"({len(temps)} temperatures x {self.study.max_questions} questions).")
+        generations = self.analysis.generations(temperatures=len(temps))
+        return pn.pane.Markdown(f"**Cost:** {generations:,} generations "
+                                f"({len(temps)} temperatures x {self.analysis.max_questions} questions).")
 
     @param.depends("results", "measure")
     def _curves(self):
@@ -239,8 +267,8 @@ class TemperatureSensitivity(pn.viewable.Viewer):
                                      f"{MEASURE_LABELS[self.measure]}: mean ± sd over questions, run A vs run B")
         else:
             plot = hv.Curve([], "temperature", "uncertainty").opts(title="This measure is not in both runs", **PLOT)
-        tsu = cmp.tsu.round(1)
-        overview = cmp.overview
+        tsu = cmp.tsu().round(1)
+        overview = cmp.overview()
         equivalence = "  \n".join(f"**{key}** semantic equivalence: {html.escape(text)}"
                                    for key, text in overview["equivalence"].items())
         return pn.Column(
@@ -257,25 +285,21 @@ class TemperatureSensitivity(pn.viewable.Viewer):
     def _tables(self):
         if self.results is None:
             return pn.pane.Markdown("No run selected.")
-        tsu = self.results.tsu_table.round(1)
+        tsu = self.results.tsu_table().round(1)
         parts = [pn.pane.Markdown("### TSU (% of questions strictly increasing)"),
                  pn.widgets.Tabulator(tsu, disabled=True, sizing_mode="stretch_width", height=min(50 + 31 * len(tsu), 640))]
-        evaluation = self.results.evaluation.round(3)
+        evaluation = self.results.evaluation().round(3)
         if len(evaluation):
-            acc = ", ".join(f"T={t:g}: {v:.0%}" for t, v in self.results.accuracy.items())
+            acc = ", ".join(f"T={t:g}: {v:.0%}" for t, v in self.results.accuracy().items())
             parts += [pn.pane.Markdown(f"### AUROC / PRR for predicting a wrong answer\nAccuracy of the most probable "
                                        f"answer: {acc}"),
                       pn.widgets.Tabulator(evaluation, disabled=True, sizing_mode="stretch_width",
                                            height=min(50 + 31 * len(evaluation), 640))]
         return pn.Column(*parts, sizing_mode="stretch_width")
 
-    @param.depends("results", "question_index", "drill_temperature")
-    def _drill(self):
-        if self.results is None:
-            return pn.pane.Markdown("Select a run to inspect its questions.")
-        detail = QuestionDetail(self.results, self.question_index)
-        answers = detail.answers
-        q = self.results.questions.iloc[self.question_index]
+    def _show_drill(self, results: RunResults, question_index: int, temperature: float, answers: pd.DataFrame,
+                    matrices) -> None:
+        q = results.questions.iloc[question_index]
         header = pn.pane.Markdown(f"**{html.escape(q['question'])}**  reference: "
                                   f"{html.escape(' | '.join(q['answers']) or '(none)')}")
         shown = answers[["temperature", "sample_index", "cluster", "log_prob", "tokens"]].round(3)
@@ -284,8 +308,8 @@ class TemperatureSensitivity(pn.viewable.Viewer):
         shown["text"] = answers["text"]
         table = pn.widgets.Tabulator(shown, disabled=True, sizing_mode="stretch_width", height=260,
                                      show_index=False, name="samples", formatters={"lens": {"type": "html"}})
-        return pn.Column(header, table, pn.pane.HoloViews(self._entropy_curves(answers), sizing_mode="stretch_width"),
-                         self._inv_entropy_view(detail), sizing_mode="stretch_width")
+        self._drill[:] = [header, table, pn.pane.HoloViews(self._entropy_curves(answers), sizing_mode="stretch_width"),
+                          self._inv_entropy_view(results, temperature, matrices)]
 
     @staticmethod
     def _entropy_curves(answers: pd.DataFrame):
@@ -295,9 +319,8 @@ class TemperatureSensitivity(pn.viewable.Viewer):
         return hv.Overlay(curves).opts(title="Token entropy of each sample (see the lens page for one sample)",
                                        show_legend=False, height=260, responsive=True, show_grid=True)
 
-    def _inv_entropy_view(self, detail: QuestionDetail):
-        temperature = self.drill_temperature if self.drill_temperature is not None else self.results.temperatures[0]
-        matrices = detail.inv_entropy_matrices(temperature)
+    @staticmethod
+    def _inv_entropy_view(results: RunResults, temperature: float, matrices):
         if matrices is None:
             return pn.pane.Markdown("No perturbed questions in this run (Inv-Entropy off).")
         inputs, sim_x, sim_y = matrices
@@ -310,13 +333,13 @@ class TemperatureSensitivity(pn.viewable.Viewer):
                 title=title, cmap="viridis", colorbar=True, height=260, responsive=True, invert_yaxis=True,
                 tools=["hover"])
         return pn.Column(pn.pane.Markdown(f"**Perturbed questions (T={temperature:g}, first replicate; "
-                                          f"{html.escape(self.results.perturbation)}):**\n\n{listing}"),
+                                          f"{html.escape(results.perturbation)}):**\n\n{listing}"),
                          pn.Row(pn.pane.HoloViews(heat(sim_x, "S_x: questions"), sizing_mode="stretch_width"),
                                 pn.pane.HoloViews(heat(sim_y, "S_y: answers"), sizing_mode="stretch_width"),
                                 sizing_mode="stretch_width"), sizing_mode="stretch_width")
 
     def __panel__(self):
-        form = pn.Param(self.study, parameters=list(FORM), show_name=False, width=300,
+        form = pn.Param(self.analysis, parameters=list(FORM), show_name=False, width=300,
                         widgets={"model_name": {"placeholder": "SmolLM2-135M-Instruct"},
                                  "nli_model": {"placeholder": "e.g. microsoft/deberta-large-mnli"},
                                  "questions_path": {"placeholder": "file, dataset folder or hf:owner/name"},
@@ -327,7 +350,7 @@ class TemperatureSensitivity(pn.viewable.Viewer):
                              form, self._upload, self._cost, pn.Row(self._start, self._resume), width=320)
         results = pn.Column(
             self._equivalence_note,
-            self.task, "### Past runs", self._runs, self._export,
+            self.jobs, "### Past runs", self._runs, self._export,
             pn.widgets.Select.from_param(self.param.measure, width=320),
             pn.pane.HoloViews(self._curves, sizing_mode="stretch_width"),
             self._tables, "### Compare with another run", self._compare, self._comparison_view, "### Drill-down", pn.Row(self._question, pn.widgets.Select.from_param(

@@ -14,7 +14,7 @@ TALL = {"width": 1400, "height": 2300}  # the whole page in one screenshot
 
 
 def card(page, name: str) -> str:
-    return page.locator(f".cp-card-{name}").inner_text()
+    return page.locator(f".cp-card-{name}-value").inner_text()
 
 
 def widget(page, label: str, kind: str = "select"):
@@ -32,7 +32,7 @@ def wait_for_summary(page, pattern: str) -> None:
 
 
 def wait_for_change(page, name: str, before: str) -> str:
-    expect(page.locator(f".cp-card-{name}")).not_to_have_text(before, timeout=30_000)
+    expect(page.locator(f".cp-card-{name}-value")).not_to_have_text(before, timeout=30_000)
     return card(page, name)
 
 
@@ -79,7 +79,7 @@ def test_alpha_methods_examples_and_uploads(app_url, page, screenshot, tmp_path)
     bad.write_text("cat,dog\n0.5,0.5\n0.1,0.9\n")
     page.locator("input[type=file]").set_input_files(str(bad))
     page.get_by_role("button", name="Load uploaded file").click()
-    page.locator(".task-alert", has_text="needs a label column").wait_for(timeout=JOB_TIMEOUT_MS)
+    page.locator(".task-alert", has_text="has no label column").wait_for(timeout=JOB_TIMEOUT_MS)
     assert "Digits MLP" in summary(page)
     screenshot(page, "conformal_bad_upload")
 

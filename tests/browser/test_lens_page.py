@@ -34,13 +34,13 @@ def test_lens_page_end_to_end(app_url, page, screenshot):
     screenshot(page, "lens_scored")
 
     # Move the temperature slider with the keyboard: the summary and the curves are re-scored.
-    before = page.locator(".lens-card-mean-entropy").inner_text()
+    before = page.locator(".lens-card-mean-entropy-value").inner_text()
     handle = page.locator(".noUi-handle").first
     handle.focus()
     for _ in range(10):
         handle.press("ArrowRight")
     wait_for_summary(page, r"T = 1\.50")
-    after = page.locator(".lens-card-mean-entropy").inner_text()
+    after = page.locator(".lens-card-mean-entropy-value").inner_text()
     assert after != before and float(after.split()[0]) > float(before.split()[0])
     screenshot(page, "lens_temperature_1.5")
 
