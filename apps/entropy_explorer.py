@@ -2,7 +2,8 @@
 
 import panel as pn
 
+from explorer.views import EXTENSIONS
 from explorer.views.app import build_app
 
-pn.extension("tabulator", notifications=True, sizing_mode="stretch_width")
+pn.extension(*EXTENSIONS, notifications=True, sizing_mode="stretch_width")
 build_app().servable()

@@ -3,10 +3,14 @@
     from explorer.views import TokenEntropyLens
     TokenEntropyLens()
 
+In a notebook, load the Panel extensions the pages use first: ``pn.extension(*EXTENSIONS)``.
 Names are imported lazily so that ``import explorer.views`` stays cheap.
 """
 
 from importlib import import_module
+
+#: Panel extensions the pages use: ``pn.extension(*explorer.views.EXTENSIONS)`` in a notebook
+EXTENSIONS = ("tabulator", "filedropper")
 
 _COMPONENTS = {
     "TokenEntropyLens": "explorer.views.token_lens",

@@ -33,6 +33,8 @@ CURVE_COLUMNS = ("position", "token", *MEASURE_COLOURS, *(f"{m}_rolling" for m i
 BUCKET_COLOURS = ("#bbf7d0", "#fde68a", "#fecaca", "#d8b4fe")  # GLTR-like: green, yellow, red, purple
 DISPLAY_SETTINGS = ("temperature", "window", "colour_by")
 STALE = "<div class='lens-stale"
+DECODING_NOTE = ("Generate from a prompt to see what the decoding rule removed at each step: the entropy of the full "
+                 "distribution, of the truncated one, and how many tokens survived.")
 TOKEN_CSS = """
 <style>
 .lens-text{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:14px;line-height:1.9;white-space:pre-wrap;
@@ -80,7 +82,9 @@ class TokenEntropyLens(pn.viewable.Viewer):
         self._source = ColumnDataSource({column: [] for column in CURVE_COLUMNS}, name="lens-curves")
         self._curves = self._curve_figure()
         self._multiples = [pn.pane.HoloViews(self._entropy_at(False, t), margin=0) for t in SMALL_MULTIPLE_TEMPERATURES]
-        self._decoding = pn.Column(self._decoding_effect(False), width=RESULTS_WIDTH)
+        self._decoding_note = pn.pane.Markdown(DECODING_NOTE, width=RESULTS_WIDTH)
+        self._decoding_entropy = pn.pane.HoloViews(None, visible=False)
+        self._decoding_kept = pn.pane.HoloViews(None, visible=False)
         self._ranks = pn.pane.HoloViews(self._rank_histogram(False))
         self._heatmap = pn.pane.HoloViews(self._attention_heatmap(False))
         self._attention_line = pn.pane.HoloViews(self._attention_curve(False))
@@ -136,21 +140,22 @@ class TokenEntropyLens(pn.viewable.Viewer):
             return render(False, *args)
 
     def _show_run(self, _result=None) -> None:
-        """A run ended: every part of the page shows the new text."""
+        """A run ended: every part of the page shows the new text (the measures in one held update;
+        the plots of the tabs one by one: holding them together trips Bokeh's layout in hidden tabs)."""
         with pn.io.hold(pn.state.curdoc):
             self._show_measures()
-            for pane, t in zip(self._multiples, SMALL_MULTIPLE_TEMPERATURES):
-                pane.object = self._read(self._entropy_at, t)
-            self._decoding[:] = [self._read(self._decoding_effect)]
-            self._ranks.object = self._read(self._rank_histogram)
-            self._heatmap.object = self._read(self._attention_heatmap)
-            self._attention_line.object = self._read(self._attention_curve)
-            try:
-                with self.analysis.reading():
-                    layers, heads, _ = self.analysis.attention().shape
-                self._layer.end, self._head.end = layers - 1, heads - 1
-            except InputError:
-                pass
+        for pane, t in zip(self._multiples, SMALL_MULTIPLE_TEMPERATURES):
+            pane.object = self._read(self._entropy_at, t)
+        self._show_decoding(self._read(self._decoding_effect))
+        self._ranks.object = self._read(self._rank_histogram)
+        self._heatmap.object = self._read(self._attention_heatmap)
+        self._attention_line.object = self._read(self._attention_curve)
+        try:
+            with self.analysis.reading():
+                layers, heads, _ = self.analysis.attention().shape
+            self._layer.end, self._head.end = layers - 1, heads - 1
+        except InputError:
+            pass
 
     def _show_measures(self) -> None:
         """What depends on the display temperature and window: cards, coloured text, curves."""
@@ -201,7 +206,8 @@ class TokenEntropyLens(pn.viewable.Viewer):
         )
         details = pn.Tabs(
             ("Entropy at six temperatures", pn.GridBox(*self._multiples, ncols=3, width=RESULTS_WIDTH)),
-            ("Decoding rule", self._decoding),
+            ("Decoding rule", pn.Column(self._decoding_note, self._decoding_entropy, self._decoding_kept,
+                                        width=RESULTS_WIDTH)),
             ("Rank buckets", self._ranks),
             ("Attention entropy", pn.Row(self._heatmap, pn.Column(pn.Row(self._layer, self._head),
                                                                   self._attention_line))),
@@ -309,13 +315,18 @@ class TokenEntropyLens(pn.viewable.Viewer):
             title=f"T = {temperature:g}{mean}", height=170, width=240, color=TEAL, tools=["hover"],
             ylim=(0, top), xlim=(0, max(len(group) - 1, 1)), framewise=True, toolbar=None)
 
+    def _show_decoding(self, plots) -> None:
+        self._decoding_note.visible = plots is None
+        self._decoding_entropy.visible = self._decoding_kept.visible = plots is not None
+        if plots is not None:
+            self._decoding_entropy.object, self._decoding_kept.object = plots
+
     def _decoding_effect(self, computed):
-        """Full vs truncated entropy at the sampling temperature and tokens kept, per generated token."""
+        """Full vs truncated entropy at the sampling temperature and tokens kept, per generated token
+        (None for a scored text)."""
         trace = self.analysis.trace() if computed else None
         if trace is None or trace.truncated_entropy is None:
-            return pn.pane.Markdown("Generate from a prompt to see what the decoding rule removed at each step: "
-                                    "the entropy of the full distribution, of the truncated one, and how many "
-                                    "tokens survived.", width=RESULTS_WIDTH)
+            return None
         frame = pd.DataFrame({"position": np.arange(len(trace)), "full": trace.full_entropy.cpu().numpy(),
                               "truncated": trace.truncated_entropy.cpu().numpy(),
                               "kept": trace.n_kept.cpu().numpy()})
@@ -327,7 +338,7 @@ class TokenEntropyLens(pn.viewable.Viewer):
         kept = hv.Curve(frame, "position", ("kept", "tokens kept")).opts(
             width=RESULTS_WIDTH, height=170, logy=True, color=TEAL, tools=["hover"], show_grid=True,
             title="Tokens that survived the rule (log scale)")
-        return pn.Column(pn.pane.HoloViews(entropy), pn.pane.HoloViews(kept))
+        return entropy, kept
 
     def _rank_histogram(self, computed):
         """Ranks do not depend on the temperature: this plot changes only with the text."""
