@@ -32,7 +32,7 @@ import torch
 from explorer.data.questions import DEFAULT_QUESTIONS, is_correct, load_questions
 from explorer.data.store import SAMPLE_COLUMNS, ResultsStore, default_db_path
 from explorer.errors import InputError
-from explorer.kernels import uncertainty as unc
+from explorer.kernels import evaluation, uncertainty as unc
 from explorer.kernels.diversity import vendi_score
 from explorer.kernels.entropy import log_probs
 from explorer.models.sampling import Sample, batch_seed, sample_answers
@@ -484,7 +484,7 @@ class RunResults:
         for m in self.measure_names:
             both = self.measures[self.measures.measure == m].merge(correct, on=key, suffixes=("", "_ok"))
             u, ok = torch.tensor(both["value"].to_numpy()), torch.tensor(both["value_ok"].to_numpy())
-            rows[MEASURE_LABELS[m]] = {"AUROC": unc.auroc(u, 1 - ok), "PRR": unc.prr(u, ok)}
+            rows[MEASURE_LABELS[m]] = {"AUROC": float(evaluation.auroc(u, 1 - ok)), "PRR": float(evaluation.prr(u, ok))}
         return pd.DataFrame.from_dict(rows, orient="index")
 
     @cached_property
