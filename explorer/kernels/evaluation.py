@@ -38,6 +38,7 @@ Rows whose uncertainty or label is NaN are left out (weight 0). A statistic that
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -77,25 +78,29 @@ def _prepare(uncertainty, target, weights=None) -> tuple[Tensor, Tensor, Tensor]
     return u, torch.where(t.isnan(), 0.0, t), w
 
 
+def _sorted_with_ends(values: Tensor) -> tuple[Tensor, Tensor]:
+    """(order, is_end): ascending sort (NaN last, each NaN alone) and True at the last position of
+    each block of exactly tied values."""
+    ordered, order = torch.sort(values, dim=-1)
+    differs = ordered[..., 1:] != ordered[..., :-1]
+    return order, torch.cat([differs, torch.ones_like(differs[..., :1])], -1)
+
+
 class _Ranked(NamedTuple):
     """Rows sorted by ascending value with their tie blocks (positions inclusive)."""
     order: Tensor    # [..., n] row index at each sorted position
     start: Tensor    # [..., n] first sorted position of the block holding this position
     end: Tensor      # [..., n] last sorted position of that block
-    is_end: Tensor   # [..., n] True at the last position of each block
 
 
 def _rank(values: Tensor) -> _Ranked:
-    """Sort ascending (NaN last, each NaN its own block) and find the blocks of exactly tied values."""
-    ordered, order = torch.sort(values, dim=-1)
+    order, is_end = _sorted_with_ends(values)
     n = values.shape[-1]
     pos = torch.arange(n, device=values.device).expand_as(order)
-    differs = ordered[..., 1:] != ordered[..., :-1]
-    edge = torch.ones_like(differs[..., :1])
-    is_start, is_end = torch.cat([edge, differs], -1), torch.cat([differs, edge], -1)
+    is_start = torch.cat([torch.ones_like(is_end[..., :1]), is_end[..., :-1]], -1)
     start = torch.where(is_start, pos, 0).cummax(-1).values
     end = torch.where(is_end, pos, n).flip(-1).cummin(-1).values.flip(-1)
-    return _Ranked(order, start, end, is_end)
+    return _Ranked(order, start, end)
 
 
 def _in_order(x: Tensor, order: Tensor) -> Tensor:
@@ -123,14 +128,17 @@ class _Blocks(NamedTuple):
 
 
 def _blocks(values: Tensor) -> _Blocks:
-    ranked = _rank(values)
-    if bool(ranked.is_end.all()):
-        return _Blocks(ranked.order, None)
+    order, is_end = _sorted_with_ends(values)
+    if bool(is_end.all()):
+        return _Blocks(order, None)
     n = values.shape[-1]
-    through = torch.arange(1, n + 1, device=values.device)
-    ends = torch.sort(torch.where(ranked.is_end, through, n), dim=-1).values
-    ends = ends[..., :int(ranked.is_end.sum(-1).max())]
-    return _Blocks(ranked.order, torch.nn.functional.pad(ends, (1, 0)))
+    block = is_end.cumsum(-1) - 1                                  # block of each position
+    size = int(block[..., -1].max()) + 1
+    slot = torch.where(is_end, block, size)                        # non-ends go to a spare slot
+    through = torch.arange(1, n + 1, device=values.device).expand_as(order)
+    ends = torch.full((*order.shape[:-1], size + 1), n, dtype=torch.long, device=values.device)
+    ends = ends.scatter(-1, slot, through)[..., :size]             # padded with n: empty blocks
+    return _Blocks(order, torch.nn.functional.pad(ends, (1, 0)))
 
 
 def _block_totals(x_sorted: Tensor, blocks: _Blocks) -> Tensor:
@@ -160,12 +168,17 @@ def _average_precision_from_totals(K: Tensor, P: Tensor) -> Tensor:
     return (P.diff() * above_wrong / above).sum(-1) / positives.squeeze(-1)
 
 
+@functools.lru_cache(maxsize=8)
+def _harmonic_table(size: int, device: torch.device) -> Tensor:
+    """H(k) for k = 0..size - 1: digamma(k + 1) + Euler's gamma."""
+    return torch.special.digamma(torch.arange(1, size + 1, dtype=torch.float64, device=device)) + 0.5772156649015329
+
+
 def _harmonic(counts: Tensor) -> Tensor:
-    """H(k) = sum_{j=1}^{k} 1/j for whole counts k >= 0, looked up in a table of digamma(k + 1) + gamma."""
+    """H(k) = sum_{j=1}^{k} 1/j for whole counts k >= 0 (a table lookup)."""
     k = counts.long()
-    ks = torch.arange(int(k.max()) + 2 if k.numel() else 1, dtype=torch.float64, device=counts.device)
-    table = torch.special.digamma(ks + 1) + 0.5772156649015329
-    return table[k]
+    largest = int(k.max()) if k.numel() else 0
+    return _harmonic_table(1 << largest.bit_length(), counts.device)[k]
 
 
 def _kept_steps(total: Tensor, max_rejection: float) -> Tensor:
