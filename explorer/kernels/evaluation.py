@@ -27,9 +27,10 @@ and the most uncertain answers are rejected first.
   confidences that straddle a cut contribute their tie block's mean accuracy to each side (the
   average over every order of the tied rows). Brier score = mean (confidence - correct)^2.
 - Bootstrap (Efron): resample the questions with replacement, n of n, seeded; percentile
-  intervals. A resample is a vector of counts, and every statistic here accepts such counts as
-  ``weights``, so one sort per measure serves all resamples. A paired bootstrap evaluates two
-  statistics on the same resampled questions.
+  intervals. A resample is a vector of counts; :func:`auroc`, :func:`average_precision`,
+  :func:`aurc`, :func:`e_aurc` and :func:`prr` take such counts as ``weights``, so one sort per
+  measure serves all resamples. A paired bootstrap evaluates two statistics on the same resampled
+  questions.
 
 Rows whose uncertainty or label is NaN are left out (weight 0). A statistic that is undefined
 (AUROC with only right or only wrong answers, PRR with all qualities equal, ...) is NaN;
@@ -512,7 +513,9 @@ def bootstrap_ci(statistic: Callable[[Tensor], Tensor], n_items: int, n_resample
 
     ``statistic(weights)`` takes counts ``[r, n_items]`` (r resamples) and returns ``[r, ...]``: e.g.
     ``lambda w: auroc(U, wrong, w[:, None])`` for U ``[measures, n]`` gives one interval per
-    measure, all measures on the same resampled questions. Resamples are processed ``chunk_size``
+    measure, all measures on the same resampled questions; for TSU,
+    ``lambda w: 100 * (w * rising).sum(-1) / w.sum(-1)`` with ``rising`` the 0/1 per-question
+    indicator of a strictly rising chain. Resamples are processed ``chunk_size``
     at a time; those where the statistic is NaN (e.g. a resample with no wrong answer) are left
     out of the quantiles.
     """
