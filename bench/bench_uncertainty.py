@@ -20,6 +20,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from explorer.kernels import uncertainty as U
+from explorer.kernels.evaluation import auroc
 from explorer.models.embedder import load_embedder
 
 ANSWERS = ["Paris", "It is Paris.", "Lyon", "The capital is Paris", "Marseille", "Paris, France",
@@ -68,10 +69,10 @@ def main() -> None:
           f"{13.99 / total_se:.0f}x, not like for like: our offline equivalence is embedding cosine)")
     g = torch.Generator().manual_seed(0)
     u, wrong = torch.rand(5000, generator=g), torch.rand(5000, generator=g) < 0.4
-    ours = per_call(lambda: U.auroc(u, wrong))
+    ours = per_call(lambda: auroc(u, wrong))
     peer = per_call(lambda: roc_auc_score(wrong.numpy(), u.numpy()))
     print(f"\nAUROC n=5000: ours {ours * 1e3:.3f} ms, sklearn {peer * 1e3:.3f} ms, ratio sklearn/ours {peer / ours:.2f}"
-          f" (values {U.auroc(u, wrong):.6f} vs {roc_auc_score(wrong.numpy(), u.numpy()):.6f})")
+          f" (values {float(auroc(u, wrong)):.6f} vs {roc_auc_score(wrong.numpy(), u.numpy()):.6f})")
 
 
 def _deberta_large_nli(folder):

@@ -6,7 +6,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sklearn.metrics import roc_auc_score
 
 from explorer.kernels import uncertainty as U
 
@@ -115,25 +114,6 @@ def test_rouge_l_by_hand():
 def test_p_true_uncertainty():
     lp = torch.log(torch.tensor([[0.25, 0.75], [0.5, 0.5]]))
     assert torch.allclose(U.p_true_uncertainty(lp, 1), torch.tensor([-math.log(0.75), math.log(2)]))
-
-
-def test_auroc_and_prr_by_hand():
-    u = torch.tensor([0.1, 0.9, 0.5, 0.3])
-    wrong = torch.tensor([0, 1, 0, 1])
-    assert U.auroc(u, wrong) == pytest.approx(0.75)   # pairs (0.9>0.1, 0.9>0.5, 0.3>0.1, 0.3<0.5)
-    assert U.prr(u, 1 - wrong) == pytest.approx(4 / 7)
-    assert U.prr(torch.tensor([0.0, 1.0, 2.0, 3.0]), torch.tensor([1, 1, 0, 0])) == pytest.approx(1.0)
-    assert math.isnan(U.auroc(u, torch.zeros(4)))
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 5), st.booleans()), min_size=2, max_size=40))
-def test_auroc_matches_sklearn(rows):
-    u = torch.tensor([float(a) for a, _ in rows])
-    wrong = torch.tensor([b for _, b in rows])
-    if wrong.all() or not wrong.any():
-        return
-    assert U.auroc(u, wrong) == pytest.approx(roc_auc_score(wrong.numpy(), u.numpy()))
 
 
 @settings(max_examples=60, deadline=None)

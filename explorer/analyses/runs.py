@@ -21,6 +21,7 @@ from explorer.analyses.base import Analysis, result
 from explorer.analyses.uncertainty_measures import MEASURE_LABELS, PERTURBATION_LABELS, Equivalence
 from explorer.data.store import ResultsStore
 from explorer.errors import InputError
+from explorer.kernels import evaluation
 from explorer.kernels import uncertainty as unc
 from explorer.progress import Progress
 
@@ -144,7 +145,7 @@ class RunResults(Analysis):
         for m in self.measure_names:
             both = self.measures[self.measures.measure == m].merge(correct, on=key, suffixes=("", "_ok"))
             u, ok = torch.tensor(both["value"].to_numpy()), torch.tensor(both["value_ok"].to_numpy())
-            rows[MEASURE_LABELS[m]] = {"AUROC": unc.auroc(u, 1 - ok), "PRR": unc.prr(u, ok)}
+            rows[MEASURE_LABELS[m]] = {"AUROC": float(evaluation.auroc(u, 1 - ok)), "PRR": float(evaluation.prr(u, ok))}
         return pd.DataFrame.from_dict(rows, orient="index")
 
     @result("tables")

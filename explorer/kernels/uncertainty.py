@@ -6,8 +6,9 @@ batch dimensions allowed where a docstring says so), ``L`` token positions padde
 Sources: MSP, token entropy, MC sequence entropy and perplexity (Malinin & Gales 2021); semantic
 entropy (Kuhn et al. 2023; Farquhar et al. 2024); EigV / Degree / Eccentricity (Lin et al. 2023);
 lexical similarity (ROUGE-L, Fomicheva et al. 2020); kernel language entropy (Nikitin et al. 2024);
-P(True) (Kadavath et al. 2022); Inv-Entropy and TSU (Song et al. 2025, "Inv-Entropy"); PRR
-(Malinin et al. 2017).
+P(True) (Kadavath et al. 2022); Inv-Entropy and TSU (Song et al. 2025, "Inv-Entropy").
+Evaluating a measure against correctness (AUROC, PRR, curves, bootstrap) is in
+:mod:`explorer.kernels.evaluation`.
 """
 
 from __future__ import annotations
@@ -248,49 +249,3 @@ def tsu(U: torch.Tensor, strict: bool = True, columns: Sequence[int] | None = No
     steps = chain[:, 1:] - chain[:, :-1]
     rising = steps > 0 if strict else steps >= 0
     return 100.0 * float(rising.all(-1).double().mean())
-
-
-# ---------------------------------------------------------------- evaluation ------------------
-
-def auroc(uncertainty: torch.Tensor, is_wrong: torch.Tensor) -> float:
-    """AUROC of uncertainty for predicting a wrong answer: P(U_wrong > U_right) + P(tie) / 2.
-
-    NaN when all answers are right or all wrong.
-    """
-    u = uncertainty.to(torch.float64).flatten()
-    wrong = is_wrong.to(torch.bool).flatten()
-    n_wrong, n_right = int(wrong.sum()), int((~wrong).sum())
-    if n_wrong == 0 or n_right == 0:
-        return float("nan")
-    sorted_u, order = torch.sort(u)
-    ranks = torch.empty_like(u)
-    ranks[order] = torch.arange(1, u.numel() + 1, dtype=torch.float64)
-    # average ranks over ties
-    _, inverse, counts = torch.unique_consecutive(sorted_u, return_inverse=True, return_counts=True)
-    ends = counts.cumsum(0).double()
-    mean_rank = ends - (counts.double() - 1) / 2
-    ranks[order] = mean_rank[inverse]
-    return float((ranks[wrong].sum() - n_wrong * (n_wrong + 1) / 2) / (n_wrong * n_right))
-
-
-def _rejection_auc(quality_in_keep_order: torch.Tensor) -> torch.Tensor:
-    """Mean over k = 1..n of the mean quality of the first k kept answers."""
-    kept = torch.arange(1, quality_in_keep_order.numel() + 1, dtype=torch.float64)
-    return (quality_in_keep_order.cumsum(0) / kept).mean()
-
-
-def prr(uncertainty: torch.Tensor, quality: torch.Tensor) -> float:
-    """Prediction rejection ratio (AUC_unc - AUC_random) / (AUC_oracle - AUC_random).
-
-    Rejection curves: mean quality (1 = right, 0 = wrong, or a graded score) of the answers kept
-    when the most uncertain are rejected first, averaged over every number kept. NaN when all
-    qualities are equal.
-    """
-    u = uncertainty.to(torch.float64).flatten()
-    q = quality.to(torch.float64).flatten()
-    random = q.mean()
-    oracle = _rejection_auc(torch.sort(q, descending=True).values)
-    if float(oracle - random) <= 0:
-        return float("nan")
-    ours = _rejection_auc(q[torch.argsort(u, stable=True)])
-    return float((ours - random) / (oracle - random))
