@@ -67,11 +67,12 @@ def download_button(payload: Callable[[], str | bytes], filename: str, label: st
 
 
 def upload_widget(label: str, accept: str, css_class: str, multiple: bool = False) -> pn.widgets.FileDropper:
-    """A chunked file drop zone (large files arrive in pieces; the size limit is stated on it)."""
-    return pn.widgets.FileDropper(accepted_filetypes=[a.strip() for a in accept.split(",")], multiple=multiple,
-                                  max_file_size=f"{MAX_UPLOAD_BYTES // 2**20}MB", chunk_size=4_000_000,
-                                  label=f"{label} (up to {human_size(MAX_UPLOAD_BYTES)})", layout="compact",
-                                  css_classes=[css_class], sizing_mode="stretch_width")
+    """A chunked file drop zone (large files arrive in pieces); its label states the formats and the
+    size limit. The browser checks only the size: formats are checked by our loaders, which say what
+    is wrong in words (the drop zone's own type check knows no MIME type for .npy or .parquet)."""
+    return pn.widgets.FileDropper(multiple=multiple, max_file_size=f"{MAX_UPLOAD_BYTES // 2**20}MB",
+                                  chunk_size=4_000_000, label=f"{label} ({accept.replace(',', ' ')}; up to {human_size(MAX_UPLOAD_BYTES)})",
+                                  layout="compact", css_classes=[css_class], sizing_mode="stretch_width")
 
 
 def uploaded(widget: pn.widgets.FileDropper) -> list[Upload] | Upload | None:

@@ -140,10 +140,9 @@ class TokenEntropyLens(pn.viewable.Viewer):
             return render(False, *args)
 
     def _show_run(self, _result=None) -> None:
-        """A run ended: every part of the page shows the new text (the measures in one held update;
-        the plots of the tabs one by one: holding them together trips Bokeh's layout in hidden tabs)."""
-        with pn.io.hold(pn.state.curdoc):
-            self._show_measures()
+        """A run ended: every part of the page shows the new text; the summary last, so that it shows
+        the new run only when everything else does (the tabs' plots one by one: holding them in one
+        document update trips Bokeh's layout in hidden tabs)."""
         for pane, t in zip(self._multiples, SMALL_MULTIPLE_TEMPERATURES):
             pane.object = self._read(self._entropy_at, t)
         self._show_decoding(self._read(self._decoding_effect))
@@ -156,6 +155,8 @@ class TokenEntropyLens(pn.viewable.Viewer):
             self._layer.end, self._head.end = layers - 1, heads - 1
         except InputError:
             pass
+        with pn.io.hold(pn.state.curdoc):
+            self._show_measures()
 
     def _show_measures(self) -> None:
         """What depends on the display temperature and window: cards, coloured text, curves."""
