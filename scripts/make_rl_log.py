@@ -59,7 +59,8 @@ def prompts() -> tuple[torch.Tensor, torch.Tensor]:
 
 def pretrained_policy(X: torch.Tensor, answers: torch.Tensor, gen: torch.Generator) -> torch.nn.Module:
     """The base model: cross-entropy against the noisy teacher on a seeded 30% of the prompts."""
-    policy = torch.nn.Sequential(torch.nn.Linear(X.shape[1], 128), torch.nn.ReLU(), torch.nn.Linear(128, 2 * MAX_OPERAND - 1))
+    policy = torch.nn.Sequential(torch.nn.Linear(X.shape[1], 128), torch.nn.ReLU(),
+                                 torch.nn.Linear(128, 2 * MAX_OPERAND - 1))
     seen = torch.randperm(len(X), generator=gen)[:int(PRETRAIN_FRACTION * len(X))]
     optimiser = torch.optim.Adam(policy.parameters(), lr=0.003)
     for _ in range(PRETRAIN_STEPS):

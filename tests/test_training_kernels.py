@@ -13,7 +13,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from explorer.kernels.diversity import diffusion_spectral_entropy, diffusion_spectral_mutual_information, median_bandwidth
+from explorer.kernels.diversity import (
+    diffusion_spectral_entropy,
+    diffusion_spectral_mutual_information,
+    median_bandwidth,
+)
 from explorer.kernels.training import (
     ensemble_uncertainty,
     entropy_change_vs_covariance,
@@ -67,6 +71,8 @@ def test_large_entropies_keep_precision():
     fit = fit_entropy_law(H, R, bootstrap=50)
     a, b = lstsq_law(H, R)
     assert fit.a == pytest.approx(a, rel=1e-9) and fit.b == pytest.approx(b, rel=1e-9)
+    index = torch.randint(30, (50, 30), generator=torch.Generator().manual_seed(0)).numpy()
+    np.testing.assert_allclose(fit.samples.numpy(), [lstsq_law(H[i], R[i]) for i in index], rtol=1e-8)
 
 
 def test_bootstrap_is_the_loop_of_lstsq_on_the_same_resamples():

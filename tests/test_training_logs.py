@@ -128,7 +128,8 @@ def test_tensorboard_folder_of_runs(tmp_path):
 # ------------------------------------------------------------------------------------- bad logs
 @pytest.mark.parametrize("table, message", [
     (log_table().assign(entropy=["high"] + [1.0] * 7), r"column 'entropy' is not numeric \(e.g. the value 'high'\)"),
-    (log_table().assign(reward=[0.1, np.nan] + [0.5] * 6), r"column 'reward' has 1 NaN or infinite value\(s\) \(first at row 2\)"),
+    (log_table().assign(reward=[0.1, np.nan] + [0.5] * 6),
+     r"column 'reward' has 1 NaN or infinite value\(s\) \(first at row 2\)"),
     (log_table().assign(entropy=[np.inf] + [1.0] * 7), "NaN or infinite"),
     (log_table().assign(step=[0, 10, 20, 15, 40, 50, 60, 70]), r"must increase: step 15 \(row 4\) follows step 20"),
     (log_table().assign(step=[0, 10, 10, 30, 40, 50, 60, 70]), "must increase: step 10"),
@@ -165,7 +166,7 @@ def test_bundled_rl_log_collapses_and_fits_the_law():
     run = load_bundled_rl_log()
     assert run.steps == 3000 and set(run.frame.columns) >= {"entropy", "reward", "covariance"}
     first, last = run.frame.iloc[:100].mean(), run.frame.iloc[-100:].mean()
-    assert first["entropy"] > 1.5 > 0.2 > last["entropy"] and last["reward"] > first["reward"] + 0.5
+    assert first["entropy"] > 1.5 and last["entropy"] < 0.2 and last["reward"] > first["reward"] + 0.5
     fit = fit_run_law(run, bootstrap=200)
     assert fit.a > 0 and fit.r2 > 0.8 and fit.ceiling_interval[0] <= fit.ceiling <= fit.ceiling_interval[1]
 
@@ -262,7 +263,8 @@ def test_checkpoints_with_different_layers_or_labels(tmp_path):
     with pytest.raises(InputError, match="every checkpoint must hold the same layers"):
         load_representation_run({"e0.npz": npz(a=z, b=z), "e1.npz": npz(a=z)})
     with pytest.raises(InputError, match="e1.npz: its labels differ"):
-        load_representation_run({"e0.npz": npz(a=z, labels=np.arange(4)), "e1.npz": npz(a=z, labels=np.arange(4)[::-1])})
+        load_representation_run({"e0.npz": npz(a=z, labels=np.arange(4)),
+                                 "e1.npz": npz(a=z, labels=np.arange(4)[::-1])})
 
 
 def test_representation_size_limit(monkeypatch):

@@ -19,6 +19,7 @@ a folder's files together, must be under ``MAX_FILE_BYTES``.
 from __future__ import annotations
 
 import io
+import itertools
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -117,7 +118,8 @@ def load_training_log(source: Source, filename: str | None = None, columns: Colu
             for run, part in table.groupby(run_column, sort=False)]
 
 
-def load_training_logs(sources: Sequence[Source] | Mapping[str, bytes], columns: ColumnMap = ColumnMap()) -> list[LoggedRun]:
+def load_training_logs(sources: Sequence[Source] | Mapping[str, bytes],
+                       columns: ColumnMap = ColumnMap()) -> list[LoggedRun]:
     """Several files (paths, a folder, or uploads ``{filename: bytes}``), one run each unless a file has a
     run column. Run names are made unique."""
     items = list(sources.items()) if isinstance(sources, Mapping) else [(None, s) for s in sources]
@@ -187,7 +189,7 @@ def _log_table(source: Source, name: str) -> pd.DataFrame:
             table = pd.read_json(io.BytesIO(raw), lines=True)
         else:
             table = pd.read_parquet(io.BytesIO(raw))
-    except Exception as err:  # noqa: BLE001 - any parser failure is a bad file
+    except Exception as err:  # any parser failure is a bad file
         raise InputError(f"{Path(name).name}: could not read it as {suffix}: {type(err).__name__}: {err}") from err
     if table.empty:
         raise InputError(f"{Path(name).name}: the log has no rows.")
@@ -251,7 +253,7 @@ def _tensorboard_scalars(source: Source, name: str) -> dict[str, pd.Series]:
             tags = accumulator.Tags().get(SCALARS, [])
             scalars = {tag: pd.Series({event.step: event.value for event in accumulator.Scalars(tag)},
                                       dtype=np.float64) for tag in tags}
-        except Exception as err:  # noqa: BLE001 - a damaged event file
+        except Exception as err:  # a damaged event file
             raise InputError(f"{Path(name).name}: could not read it as a TensorBoard event file: {err}") from err
     if not scalars:
         raise InputError(f"{Path(name).name}: no scalar values in this TensorBoard event file.")
@@ -355,7 +357,7 @@ def _checked_epochs(epochs: list[int]) -> list[int]:
         raise InputError(f"Only one checkpoint (epoch {epochs[0]}): representations across training need at "
                          "least two.")
     stride = min(np.diff(epochs))
-    for before, after in zip(epochs, epochs[1:]):
+    for before, after in itertools.pairwise(epochs):
         if after - before != stride:
             raise InputError(f"Epoch {before + stride} is missing: the checkpoints go every {stride} up to "
                              f"{before}, then jump to {after}. Add the missing file(s) or remove the later ones.")
@@ -400,7 +402,7 @@ def _checkpoint_arrays(filename: str, raw: bytes) -> dict[str, np.ndarray]:
 def _parquet(filename: str, raw: bytes) -> pd.DataFrame:
     try:
         table = pd.read_parquet(io.BytesIO(raw))
-    except Exception as err:  # noqa: BLE001 - any parser failure is a bad file
+    except Exception as err:  # any parser failure is a bad file
         raise InputError(f"{filename}: could not read it as Parquet: {type(err).__name__}: {err}") from err
     if table.empty:
         raise InputError(f"{filename}: the table has no rows.")
@@ -451,7 +453,8 @@ def _assembled(name: str, epochs: list[int], checkpoints: list[tuple[str, dict[s
             raise InputError(f"{filename} holds the layers {_listed(layers)} but {first_name} holds "
                              f"{_listed(layer_names)}: every checkpoint must hold the same layers.")
         for layer in layer_names:
-            stacks[layer].append(_layer_matrix(arrays[layer], f"{filename} ({layer})" if len(layer_names) > 1 else filename))
+            where = f"{filename} ({layer})" if len(layer_names) > 1 else filename
+            stacks[layer].append(_layer_matrix(arrays[layer], where))
         if "labels" in arrays:
             labels = _same_labels(labels, arrays["labels"], filename)
         if "inputs" in arrays:

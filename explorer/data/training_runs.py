@@ -62,7 +62,8 @@ class DigitsTraining:
 
 @dataclass(frozen=True)
 class DataSizeTraining:
-    """Settings of the uncertainty-against-data-size ensembles (nested subsets, a fixed number of epochs with a floor on the optimiser steps)."""
+    """Settings of the uncertainty-against-data-size ensembles: nested subsets, each member trained for a
+    fixed number of epochs with a floor on the optimiser steps."""
 
     sizes: tuple[int, ...] = (50, 100, 200, 400, 800, 1200)
     members: int = 5
@@ -133,8 +134,8 @@ def _snapshot(network, Xt, yt, Xp, yp) -> dict[str, np.ndarray]:
     with torch.no_grad():
         first, second = _hidden_layers(network, Xp)
         probe_logits, train_logits = network[4](second), network(Xt)
-    accuracy = lambda logits, labels: float((logits.argmax(1) == labels).double().mean())  # noqa: E731
-    loss = lambda logits, labels: float(torch.nn.functional.cross_entropy(logits, labels))  # noqa: E731
+    accuracy = lambda logits, labels: float((logits.argmax(1) == labels).double().mean())
+    loss = lambda logits, labels: float(torch.nn.functional.cross_entropy(logits, labels))
     return {"hidden_1": first.numpy().copy(), "hidden_2": second.numpy().copy(),
             "train_accuracy": accuracy(train_logits, yt), "test_accuracy": accuracy(probe_logits, yp),
             "train_loss": loss(train_logits, yt), "test_loss": loss(probe_logits, yp)}
@@ -240,13 +241,15 @@ class DseClaims:
         return rise > 0 and abs(last - first) <= FLAT_FRACTION * rise
 
     def summary(self) -> str:
-        pair = lambda values: f"{values[0]:.2f} -> {values[1]:.2f}"  # noqa: E731
+        def pair(values: tuple[float, float]) -> str:
+            return f"{values[0]:.2f} -> {values[1]:.2f}"
+        claim_1 = "holds" if all(self.dse_increases.values()) else "does not hold for every run"
+        claim_2 = self.dsmi_rises_with_true_labels and self.dsmi_flat_with_shuffled_labels
         return (f"{self.layer}: DSE (bits, first -> last epoch) true labels {pair(self.dse['true labels'])}, "
-                f"shuffled {pair(self.dse['shuffled labels'])}; DSMI with the labels true {pair(self.dsmi['true labels'])}, "
-                f"shuffled {pair(self.dsmi['shuffled labels'])}. Claim 1 (DSE rises): "
-                f"{'holds' if all(self.dse_increases.values()) else 'does not hold for every run'}; claim 2 (DSMI "
-                f"rises with true labels, flat with shuffled): "
-                f"{'holds' if self.dsmi_rises_with_true_labels and self.dsmi_flat_with_shuffled_labels else 'does not hold'}.")
+                f"shuffled {pair(self.dse['shuffled labels'])}; DSMI with the labels true "
+                f"{pair(self.dsmi['true labels'])}, shuffled {pair(self.dsmi['shuffled labels'])}. "
+                f"Claim 1 (DSE rises): {claim_1}; claim 2 (DSMI rises with true labels, flat with shuffled): "
+                f"{'holds' if claim_2 else 'does not hold'}.")
 
 
 def dse_claims(tables: dict[str, pd.DataFrame], layer: str) -> DseClaims:
@@ -317,5 +320,5 @@ def uncertainty_vs_data_size(setup: DataSizeTraining = DataSizeTraining(),
                      "mutual_information": float(parts.mutual_information.mean()),
                      "accuracy": float((member_probs.mean(0).argmax(1) == labels).double().mean())})
     table = pd.DataFrame(rows)
-    fit = lambda column: fit_power_law(table["n"].to_numpy(np.float64), table[column].to_numpy(np.float64))  # noqa: E731
+    fit = lambda column: fit_power_law(table["n"].to_numpy(np.float64), table[column].to_numpy(np.float64))
     return DataSizeUncertainty(table, fit("predictive"), fit("mutual_information"), probs)

@@ -27,7 +27,7 @@ from explorer.kernels.diversity import (
 from explorer.kernels.entropy import token_entropy
 
 MIN_FIT_POINTS = 4  # the entropy law has 2 parameters; fewer than 4 points leave no residual to judge it
-_BOOTSTRAP_CELLS = 1 << 22  # resample rows x points gathered at once (32 MiB of float64)
+_BOOTSTRAP_CELLS = 1 << 22  # resample rows x points counted at once (32 MiB of float64)
 
 
 def _series(name: str, values) -> torch.Tensor:
@@ -131,12 +131,12 @@ def fit_entropy_law(entropy, reward, bootstrap: int = 1000, seed: int = 0, level
     x = H.exp()
     if _is_constant(x):
         raise ValueError("the entropy is constant across steps: the law has no slope to fit")
-    a, b, sxx = _line_fits(x, R)
+    a, b, _ = _line_fits(x, R)
     fitted = -a * x + b
     residuals = R - fitted
     total = float(((R - R.mean()) ** 2).sum())
     r2 = 1 - float((residuals ** 2).sum()) / total if total > 0 else 1.0
-    samples = _bootstrap_fits(x, R, bootstrap, seed, float(sxx))
+    samples = _bootstrap_fits(x, R, bootstrap, seed)
     kept = samples[torch.isfinite(samples).all(1)]
     if len(kept) < 2:
         raise ValueError("almost every bootstrap resample had a constant entropy; log more distinct steps")
@@ -145,17 +145,25 @@ def fit_entropy_law(entropy, reward, bootstrap: int = 1000, seed: int = 0, level
                          len(samples) - len(kept))
 
 
-def _bootstrap_fits(x: torch.Tensor, r: torch.Tensor, bootstrap: int, seed: int, sxx_full: float) -> torch.Tensor:
-    """``bootstrap x 2`` (a, b) of seeded resamples (indices drawn on the CPU: same draws on every
-    device); a resample whose x are all equal gets NaN."""
+def _bootstrap_fits(x: torch.Tensor, r: torch.Tensor, bootstrap: int, seed: int) -> torch.Tensor:
+    """``bootstrap x 2`` (a, b) of seeded resamples (indices drawn on the CPU: the same draws on every
+    device). Each resample is a row of counts, so its four sums (x, x^2, r, x r, on data centred once)
+    are one ``counts @ moments`` product; a resample whose x are all equal (up to round-off) gets NaN."""
     n = len(x)
-    gen = torch.Generator().manual_seed(seed)
-    index = torch.randint(n, (bootstrap, n), generator=gen).to(x.device)
-    rows = max(1, _BOOTSTRAP_CELLS // n)
+    x_mean, r_mean = x.mean(), r.mean()
+    xc, rc = x - x_mean, r - r_mean
+    moments = torch.stack([xc, xc * xc, rc, xc * rc], 1)
+    index = torch.randint(n, (bootstrap, n), generator=torch.Generator().manual_seed(seed)).to(x.device)
     fits = []
-    for chunk in index.split(rows):
-        a, b, sxx = _line_fits(x[chunk], r[chunk])
-        degenerate = sxx <= 1e-20 * sxx_full
+    for chunk in index.split(max(1, _BOOTSTRAP_CELLS // n)):
+        counts = torch.zeros(len(chunk), n, dtype=x.dtype, device=x.device)
+        counts.scatter_add_(1, chunk, torch.ones_like(chunk, dtype=x.dtype))
+        sx, sxx, sr, sxr = (counts @ moments).unbind(1)
+        mx, mr = sx / n, sr / n
+        spread = sxx - n * mx * mx
+        a = -(sxr - n * mx * mr) / spread
+        b = mr + a * mx + r_mean + a * x_mean
+        degenerate = spread <= 1e-10 * sxx
         fits.append(torch.stack([a, b], 1).masked_fill(degenerate.unsqueeze(1), math.nan))
     return torch.cat(fits)
 
@@ -329,7 +337,7 @@ def representation_entropy(Z: torch.Tensor, sigma: float | None = None, t: float
     ``sigma=None``: the median pairwise distance of ``Z`` (scale-free, so epochs whose activations
     grow stay comparable); a number keeps one scale across checkpoints, as in the DSE paper."""
     sigma = median_bandwidth(Z) if sigma is None else float(sigma)
-    dsmi = lambda groups: math.nan if groups is None else diffusion_spectral_mutual_information(  # noqa: E731
+    dsmi = lambda groups: math.nan if groups is None else diffusion_spectral_mutual_information(
         Z, groups, sigma, t, repeats, seed)
     return RepresentationEntropy(diffusion_spectral_entropy(Z, sigma, t), dsmi(labels), dsmi(input_clusters),
                                  kernel_spectrum(Z, kernel=vendi_kernel).vendi(q),
