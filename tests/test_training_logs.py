@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from explorer.data import embeddings, training_logs
+from explorer.data import training_logs, uploads
 from explorer.data.training_logs import (
     ColumnMap,
     fit_run_law,
@@ -141,18 +141,18 @@ def test_bad_logs(table, message):
 
 
 def test_empty_unreadable_unsupported_and_oversized_logs(monkeypatch):
-    with pytest.raises(InputError, match="the file is empty"):
+    with pytest.raises(InputError, match="empty.csv is empty"):
         load_training_log(b"", "empty.csv")
     with pytest.raises(InputError, match="the log has no rows"):
         load_training_log(b"step,entropy,reward\n", "header.csv")
-    with pytest.raises(InputError, match="could not read it as .jsonl"):
+    with pytest.raises(InputError, match="could not be read as JSONL"):
         load_training_log(b"{not json\n", "broken.jsonl")
     with pytest.raises(InputError, match="unsupported log type .txt"):
         load_training_log(b"1,2,3", "log.txt")
     with pytest.raises(InputError, match="no scalar values|could not read it as a TensorBoard"):
         load_training_log(b"garbage bytes", "events.out.tfevents.123.host")
-    monkeypatch.setattr(embeddings, "MAX_FILE_BYTES", 100)
-    with pytest.raises(InputError, match="too large"):
+    monkeypatch.setattr(uploads, "MAX_UPLOAD_BYTES", 100)
+    with pytest.raises(InputError, match="files up to 100 bytes are accepted"):
         load_training_log(csv_bytes(log_table()), "big.csv")
 
 
@@ -238,14 +238,14 @@ def good(count=3, n=8, d=3, seed=0):
     (lambda f: {**f, "step1.npz": f["epoch_1.npy"]}, "both hold epoch 1"),
     (lambda f: {**f, "final.npy": f["epoch_1.npy"]}, "cannot tell its epoch"),
     (lambda f: {**f, "epoch_1.npy": npy_bytes(np.array([{"a": 1}] * 8, dtype=object), allow_pickle=True)},
-     "pickled Python objects, which are never loaded"),
+     "Python objects \\(pickled\\), which are never loaded"),
     (lambda f: {**f, "epoch_2.npy": npy_bytes(np.full((8, 3), np.nan))}, r"epoch_2.npy: 24 NaN or infinite value\(s\)"),
     (lambda f: {**f, "epoch_2.npy": npy_bytes(np.array([["a"] * 3] * 8))}, "must be numbers"),
     (lambda f: {**f, "epoch_2.npy": npy_bytes(np.zeros(8))}, "expected a 2-D array"),
     (lambda f: {**f, "epoch_2.npy": npy_bytes(np.zeros((8, 4)))}, "has 4 dimensions but 3"),
     (lambda f: {"epoch_0.npy": f["epoch_0.npy"]}, "Only one checkpoint"),
     (lambda f: {**f, "labels.npy": npy_bytes(np.arange(5))}, "5 labels for a probe set of 8 rows"),
-    (lambda f: {**f, "epoch_1.npy": b""}, "epoch_1.npy: the file is empty"),
+    (lambda f: {**f, "epoch_1.npy": b""}, "epoch_1.npy is empty"),
     (lambda f: {**f, "notes.txt": b"hello"}, "notes.txt: unsupported type"),
     (lambda f: {}, "No .npy, .npz or .parquet files: give one representation file per epoch"),
 ])
@@ -268,6 +268,6 @@ def test_checkpoints_with_different_layers_or_labels(tmp_path):
 
 
 def test_representation_size_limit(monkeypatch):
-    monkeypatch.setattr(training_logs, "MAX_FILE_BYTES", 500)
-    with pytest.raises(InputError, match=r"hold .* MiB together \(limit"):
+    monkeypatch.setattr(training_logs, "MAX_UPLOAD_BYTES", 500)
+    with pytest.raises(InputError, match=r"hold .* together \(limit 500 bytes\)"):
         load_representation_run(good(n=8, d=3))

@@ -252,9 +252,10 @@ class DiversityAnalysis(Analysis):
                             for _ in range(5)])
         return spectra
 
-    def subsample_curve(self, progress: Progress | None = None) -> pd.DataFrame:
+    def subsample_curve(self, progress: Progress | None = None, q: float | None = None) -> pd.DataFrame:
         """Vendi_q of seeded random subsets (mean, sd over 5 draws): biased low versus the full set."""
-        scores = np.array([[spec.vendi(self.q) for spec in row] for row in self._subsample_spectra(progress=progress)])
+        q = self.q if q is None else q
+        scores = np.array([[spec.vendi(q) for spec in row] for row in self._subsample_spectra(progress=progress)])
         return pd.DataFrame({"size": self.subsample_sizes(), "mean": scores.mean(1), "sd": scores.std(1)})
 
     @result("dataset", *KERNEL_SETTINGS, heavy=True)
@@ -271,11 +272,12 @@ class DiversityAnalysis(Analysis):
                                        landmarks=self.landmarks, approx_above=self.approx_above)
                 for group in groups}
 
-    def group_scores(self, progress: Progress | None = None) -> pd.DataFrame:
+    def group_scores(self, progress: Progress | None = None, q: float | None = None) -> pd.DataFrame:
         """Vendi_q within each label (exact when the group has at most ``approx_above`` rows)."""
+        q = self.q if q is None else q
         spectra = self._group_spectra(progress=progress)
         return pd.DataFrame({"group": list(spectra), "n": [spec.n for spec in spectra.values()],
-                             "vendi": [spec.vendi(self.q) for spec in spectra.values()]})
+                             "vendi": [spec.vendi(q) for spec in spectra.values()]})
 
     def projection(self, max_points: int | None = None) -> pd.DataFrame:
         """First two principal components of every row (or a seeded ``max_points`` of them), with the
@@ -312,12 +314,42 @@ class DiversityAnalysis(Analysis):
             spectra.append((self.spectrum(data=data), self.diffusion_spectrum(data=data)))
         return spectra
 
-    def depth_profile(self, progress: Progress | None = None) -> pd.DataFrame:
+    def depth_profile(self, progress: Progress | None = None, q: float | None = None,
+                      t: float | None = None) -> pd.DataFrame:
         """Per layer: Vendi_q, its Renyi entropy log2 Vendi_q and DSE_t, both in bits."""
+        q, t = self.q if q is None else q, self.t if t is None else t
         spectra = self._depth_spectra(progress=progress)
-        vendi = np.array([spec.vendi(self.q) for spec, _ in spectra])
+        vendi = np.array([spec.vendi(q) for spec, _ in spectra])
         return pd.DataFrame({"layer": np.arange(len(spectra)), "vendi": vendi, "renyi_bits": np.log2(vendi),
-                             "dse_bits": [dse_from_eigenvalues(eig, self.t) for _, eig in spectra]})
+                             "dse_bits": [dse_from_eigenvalues(eig, t) for _, eig in spectra]})
+
+    # ------------------------------------------------------------------------------- every slider position
+    @result("dataset", "layers", *KERNEL_SETTINGS, *DIFFUSION_SETTINGS)
+    def order_table(self) -> pd.DataFrame:
+        """Everything that moves with q, at every order of the q slider (``Q_VALUES``): Vendi, its
+        estimated error and upper bound, Renyi bits, the subsample curve, the group scores and the depth
+        profile; from the cached spectra, so a page can move q without asking the server."""
+        spec = self.spectrum()
+        rows = []
+        for q in Q_VALUES:
+            sub = self.subsample_curve(q=q)
+            rows.append({"q": q, "vendi": spec.vendi(q), "renyi_bits": spec.renyi_bits(q),
+                         "estimated_error": spec.vendi_error(q), "vendi_upper_bound": spec.vendi_upper_bound(q),
+                         "sub_mean": sub["mean"].to_numpy(), "sub_sd": sub["sd"].to_numpy(),
+                         "group_vendi": self.group_scores(q=q)["vendi"].to_numpy(),
+                         "depth_vendi": self.depth_profile(q=q)["vendi"].to_numpy() if self.layers else np.array([])})
+        return pd.DataFrame(rows)
+
+    @result("dataset", "layers", *DIFFUSION_SETTINGS)
+    def time_table(self) -> pd.DataFrame:
+        """Everything that moves with t, at every diffusion time of the t slider (``CURVE_T``): DSE,
+        DSMI with the labels and the per-layer DSE."""
+        eig = self.diffusion_spectrum()
+        dsmi = self._dsmi_spectra() if self._data().labels is not None else None
+        depth = [e for _, e in self._depth_spectra()] if self.layers else []
+        return pd.DataFrame({"t": CURVE_T, "dse_bits": [dse_from_eigenvalues(eig, float(t)) for t in CURVE_T],
+                             "dsmi_bits": [None if dsmi is None else dsmi_from_spectra(dsmi, float(t)) for t in CURVE_T],
+                             "depth_dse": [np.array([dse_from_eigenvalues(e, float(t)) for e in depth]) for t in CURVE_T]})
 
 
 def comparison_frame(first: DiversityAnalysis, second: DiversityAnalysis) -> pd.DataFrame:

@@ -12,13 +12,13 @@ may hold several layers (one 2-D array each) plus ``labels`` and ``inputs``; ``l
 ``inputs.npy`` beside them are the probe set's labels and inputs. Or one Parquet file with an ``epoch``
 (or ``step``) column, an optional label column, and one numeric column per dimension.
 
-Every bad input becomes one :class:`InputError` in plain words; nothing is ever unpickled; each file, and
-a folder's files together, must be under ``MAX_FILE_BYTES``.
+Every bad input becomes one :class:`InputError` in plain words; files are read through
+:mod:`explorer.data.uploads` (nothing is ever unpickled); each file, and a folder's files together, must be
+under ``MAX_UPLOAD_BYTES``.
 """
 
 from __future__ import annotations
 
-import io
 import itertools
 import re
 import tempfile
@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from explorer.data.classifier_outputs import _npy
-from explorer.data.embeddings import LABEL_NAMES, MAX_FILE_BYTES, _read_bytes
+from explorer.data.embeddings import LABEL_NAMES
+from explorer.data.uploads import MAX_UPLOAD_BYTES, Upload, human_size, read_npy, read_npz, read_table, upload_from
 from explorer.errors import InputError
 from explorer.kernels.training import MIN_FIT_POINTS, EntropyLawFit, fit_entropy_law
 
@@ -181,16 +181,7 @@ def _log_table(source: Source, name: str) -> pd.DataFrame:
     if suffix not in LOG_SUFFIXES:
         raise InputError(f"{Path(name).name}: unsupported log type {suffix or '(none)'}; use .csv, .jsonl, .parquet "
                          "or a TensorBoard event file (events.out.tfevents.*).")
-    raw = _read_bytes(source, Path(name).name)
-    try:
-        if suffix == ".csv":
-            table = pd.read_csv(io.BytesIO(raw))
-        elif suffix == ".jsonl":
-            table = pd.read_json(io.BytesIO(raw), lines=True)
-        else:
-            table = pd.read_parquet(io.BytesIO(raw))
-    except Exception as err:  # any parser failure is a bad file
-        raise InputError(f"{Path(name).name}: could not read it as {suffix}: {type(err).__name__}: {err}") from err
+    table = read_table(upload_from(source, Path(name).name))
     if table.empty:
         raise InputError(f"{Path(name).name}: the log has no rows.")
     return table
@@ -243,7 +234,7 @@ def _tensorboard_scalars(source: Source, name: str) -> dict[str, pd.Series]:
     """Every scalar tag of one event file as a Series indexed by step (the last value when a step repeats)."""
     from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
-    raw = _read_bytes(source, Path(name).name)
+    raw = upload_from(source, Path(name).name).data
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / Path(name).name
         path.write_bytes(raw)
@@ -299,7 +290,7 @@ def load_representation_run(source: str | Path | Mapping[str, bytes], name: str 
     file with an epoch column (see the module docstring)."""
     if not isinstance(source, Mapping) and Path(source).is_file():
         path = Path(source)
-        return _from_long_parquet(path.name, _read_bytes(path, path.name), name or path.stem)
+        return _from_long_parquet(path.name, upload_from(path).data, name or path.stem)
     files = _representation_files(source)
     if len(files) == 1 and Path(next(iter(files))).suffix.lower() == ".parquet":
         filename, raw = next(iter(files.items()))
@@ -327,13 +318,13 @@ def _representation_files(source) -> dict[str, bytes]:
     if isinstance(source, Mapping):
         files = dict(source)
         for filename, raw in files.items():
-            _read_bytes(raw, filename)  # size and emptiness
+            upload_from(raw, filename)  # size and emptiness
     else:
         folder = Path(source)
         if not folder.is_dir():
             raise InputError(f"{folder}: no such folder or file.")
         paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in REPRESENTATION_SUFFIXES)
-        files = {p.name: _read_bytes(p, p.name) for p in paths}
+        files = {p.name: upload_from(p).data for p in paths}
     unsupported = [f for f in files if Path(f).suffix.lower() not in REPRESENTATION_SUFFIXES]
     if unsupported:
         raise InputError(f"{unsupported[0]}: unsupported type; representations are .npy, .npz or .parquet files.")
@@ -341,9 +332,9 @@ def _representation_files(source) -> dict[str, bytes]:
         where = "" if isinstance(source, Mapping) else f" in {source}"
         raise InputError(f"No .npy, .npz or .parquet files{where}: give one representation file per epoch.")
     total = sum(len(raw) for raw in files.values())
-    if total > MAX_FILE_BYTES:
-        raise InputError(f"The representation files hold {total / 1024**2:.0f} MiB together (limit "
-                         f"{MAX_FILE_BYTES // 1024**2} MiB); keep fewer epochs or a smaller probe set.")
+    if total > MAX_UPLOAD_BYTES:
+        raise InputError(f"The representation files hold {human_size(total)} together (limit "
+                         f"{human_size(MAX_UPLOAD_BYTES)}); keep fewer epochs or a smaller probe set.")
     return files
 
 
@@ -365,29 +356,18 @@ def _checked_epochs(epochs: list[int]) -> list[int]:
 
 
 def _side_array(raw: bytes, filename: str) -> np.ndarray:
-    array = _npy(raw, filename) if Path(filename).suffix.lower() == ".npy" else None
-    if array is None or hasattr(array, "files"):
+    if Path(filename).suffix.lower() != ".npy":
         raise InputError(f"{filename}: labels and inputs must be a plain .npy array.")
-    return array
+    return read_npy(Upload(filename, raw))
 
 
 def _checkpoint_arrays(filename: str, raw: bytes) -> dict[str, np.ndarray]:
     """Layer name -> 2-D array, plus ``labels`` / ``inputs`` when the file carries them."""
     suffix = Path(filename).suffix.lower()
     if suffix == ".npy":
-        array = _npy(raw, filename)
-        if hasattr(array, "files"):
-            raise InputError(f"{filename}: an .npz archive named .npy; rename it.")
-        return {"representation": array}
+        return {"representation": read_npy(Upload(filename, raw))}
     if suffix == ".npz":
-        archive = _npy(raw, filename)
-        if not hasattr(archive, "files"):
-            raise InputError(f"{filename}: not an .npz archive.")
-        try:
-            arrays = {key: archive[key] for key in archive.files}
-        except ValueError as err:
-            raise InputError(f"{filename} holds pickled Python objects, which are never loaded; save plain "
-                             "numeric arrays.") from err
+        arrays = read_npz(Upload(filename, raw))
         if not any(key not in SIDE_ARRAYS for key in arrays):
             raise InputError(f"{filename}: no representation array in the .npz (only {_listed(arrays)}).")
         return arrays
@@ -400,10 +380,7 @@ def _checkpoint_arrays(filename: str, raw: bytes) -> dict[str, np.ndarray]:
 
 
 def _parquet(filename: str, raw: bytes) -> pd.DataFrame:
-    try:
-        table = pd.read_parquet(io.BytesIO(raw))
-    except Exception as err:  # any parser failure is a bad file
-        raise InputError(f"{filename}: could not read it as Parquet: {type(err).__name__}: {err}") from err
+    table = read_table(Upload(filename, raw))
     if table.empty:
         raise InputError(f"{filename}: the table has no rows.")
     return table

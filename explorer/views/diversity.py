@@ -18,6 +18,7 @@ import html
 import math
 
 import holoviews as hv
+import numpy as np
 import holoviews.plotting.bokeh  # noqa: F401 - registers the Bokeh backend (hv.extension would reset session hooks)
 import pandas as pd
 import panel as pn
@@ -39,25 +40,81 @@ HOVER_POINTS = 5000  # projections with more points are rasterised (datashader);
 MAX_CATEGORIES = 20  # more groups than this are rasterised as plain counts
 LOG_TICKS = [m * 10.0**e for e in range(-16, 8) for m in (1, 2, 5)]
 SHARED_SETTINGS = (*KERNEL_SETTINGS, "dse_sigma", "q", "t")   # B is studied with A's settings
+# On a q or t move: the marker, the subsample, group and depth curves, the t marker and the cards, read
+# from the tables of every slider position (see DiversityExplorer._fill_tables). Ranges padded by 5 %.
+MOVE_JS = """
+const o = orders.data, m = times.data;
+if (!o.x || o.x.length === 0 || !template.data.html.length) { return; }
+const qi = qslider.value, ti = Math.min(Math.max(Math.round((tslider.value - 0.25) / 0.25), 0), m.t.length - 1);
+const fit = (range, values, padLow) => {
+  const vs = Array.from(values).filter(Number.isFinite);
+  if (!vs.length) { return; }
+  const lo = Math.min(...vs), hi = Math.max(...vs), pad = hi > lo ? 0.05 * (hi - lo) : 0.5;
+  range.start = padLow ? lo - pad : lo; range.end = hi + pad;
+};
+const hasB = Number.isFinite(o.vendi_b[qi]);
+marker.data = {q: hasB ? [o.x[qi], o.x[qi]] : [o.x[qi]], vendi: hasB ? [o.vendi_a[qi], o.vendi_b[qi]] : [o.vendi_a[qi]]};
+sub.data = {size: sub.data.size, mean: o.sub_mean[qi], sd: sub.data.sd, low: o.sub_low[qi], high: o.sub_high[qi]};
+fit(sub_range, [...o.sub_low[qi], ...o.sub_high[qi]], true);
+if (o.group_vendi[qi].length) {
+  groups.data = {group: groups.data.group, vendi: o.group_vendi[qi], n: groups.data.n};
+  group_range.start = 0; fit(group_range, [0, ...o.group_vendi[qi]], false);
+}
+if (o.depth_vendi[qi].length) {
+  depth.data = {layer: depth.data.layer, vendi: o.depth_vendi[qi], renyi_bits: o.depth_renyi[qi], dse_bits: m.depth_dse[ti]};
+  fit(depth_range, [...o.depth_renyi[qi], ...m.depth_dse[ti]], true);
+}
+tspan.location = tslider.value;
+let html = template.data.html[0];
+const escape = (s) => String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+for (const [table, i] of [[o, qi], [m, ti]]) {
+  for (const key of Object.keys(table)) {
+    if (key.startsWith("@@")) { html = html.split(key).join(escape(table[key][i])); }
+  }
+}
+cards.text = html;
+"""
 
 
 def _card(key: str, title: str, value, note: str = "") -> str:
     return card(title, value, note, key=key, prefix="dv")
 
 
-def cards_html(s: dict, notes: list[str], prefix: str = "", tag: str = "") -> str:
-    """One row of score cards for the scores ``s`` of one analysis; ``prefix`` keeps B's classes apart."""
-    exactness = "exact" if s["exact"] else (f"approximate ({s['spectrum']}, est. error {s['estimated_error']:.1%}, "
-                                       f"at most {s['vendi_upper_bound']:.4g})")
-    dse_note = f"bits, t = {s['t']:g}, σ = {s['dse_sigma']:.3g}" + \
+def _tokens(prefix: str) -> dict[str, str]:
+    """The placeholders of the values that move with q or t in one row of cards (A: "a-", B: "b-")."""
+    side = prefix or "a-"
+    return {"q": "@@q@@", "t": "@@t@@", **{k: f"@@{side}{k}@@" for k in ("vendi", "renyi", "error", "upper", "dse",
+                                                                          "dsmi")}}
+
+
+def order_texts(q: float, vendi: float, renyi_bits: float, error: float, upper: float, prefix: str = "") -> dict:
+    """The q-dependent texts of one row of cards, keyed by their placeholders."""
+    tokens = _tokens(prefix)
+    return {tokens["q"]: format_value(q), tokens["vendi"]: format_value(vendi), tokens["renyi"]: format_value(renyi_bits),
+            tokens["error"]: f"{error:.1%}", tokens["upper"]: f"{upper:.4g}"}
+
+
+def time_texts(t: float, dse_bits: float, dsmi_bits: float | None, prefix: str = "") -> dict:
+    """The t-dependent texts of one row of cards, keyed by their placeholders."""
+    tokens = _tokens(prefix)
+    return {tokens["t"]: f"{t:g}", tokens["dse"]: format_value(dse_bits), tokens["dsmi"]: format_value(dsmi_bits)}
+
+
+def cards_template(s: dict, notes: list[str], prefix: str = "", tag: str = "") -> str:
+    """One row of score cards for the scores ``s`` of one analysis, with placeholders where the values
+    move with q or t (:func:`order_texts`, :func:`time_texts` fill them, here or in the browser);
+    ``prefix`` keeps B's classes apart."""
+    k = _tokens(prefix)
+    exactness = "exact" if s["exact"] else f"approximate ({s['spectrum']}, est. error {k['error']}, at most {k['upper']})"
+    dse_note = f"bits, t = {k['t']}, σ = {s['dse_sigma']:.3g}" + \
         ("" if s["dse_rows"] == s["n"] else f", seeded subsample of {s['dse_rows']}")
     cards = [
-        _card(prefix + "vendi", f"Vendi (q = {format_value(s['q'])})", s["vendi"], exactness),
+        _card(prefix + "vendi", f"Vendi (q = {k['q']})", k["vendi"], exactness),
         _card(prefix + "rke", "RKE (Vendi q = 2)", s["rke"], s["kernel"] + " kernel"),
-        _card(prefix + "renyi", f"Rényi entropy (α = {format_value(s['q'])})", s["renyi_bits"], "bits"),
+        _card(prefix + "renyi", f"Rényi entropy (α = {k['q']})", k["renyi"], "bits"),
         _card(prefix + "effective-rank", "Effective rank", s["effective_rank"], "of the kernel features"),
-        _card(prefix + "dse", "DSE", s["dse_bits"], dse_note),
-        _card(prefix + "dsmi", "DSMI with groups", s["dsmi_bits"], "bits" if s["dsmi_bits"] is not None else "no labels"),
+        _card(prefix + "dse", "DSE", k["dse"], dse_note),
+        _card(prefix + "dsmi", "DSMI with groups", k["dsmi"], "bits" if s["dsmi_bits"] is not None else "no labels"),
         _card(prefix + "n", "Samples", s["n"], f"{s['dim']} dimensions"),
     ]
     note = "; ".join(notes)
@@ -66,6 +123,20 @@ def cards_html(s: dict, notes: list[str], prefix: str = "", tag: str = "") -> st
               f"{f'<span style=color:{colour};font-weight:700>{tag}</span> ' if tag else ''}"
               f"<b>{html.escape(s['dataset'])}</b>{' — ' + html.escape(note) if note else ''}</div>")
     return f"<div class='dv-cardrow{' dv-cards-b' if prefix else ''}'>" + header + "".join(cards) + "</div>"
+
+
+def fill(template: str, texts: dict[str, str]) -> str:
+    """``template`` with every placeholder replaced by its text (as the page's script does)."""
+    for token, text in texts.items():
+        template = template.replace(token, html.escape(text))
+    return template
+
+
+def cards_html(s: dict, notes: list[str], prefix: str = "", tag: str = "") -> str:
+    """One row of score cards for the scores ``s`` of one analysis."""
+    texts = {**order_texts(s["q"], s["vendi"], s["renyi_bits"], s["estimated_error"], s["vendi_upper_bound"], prefix),
+             **time_texts(s["t"], s["dse_bits"], s["dsmi_bits"], prefix)}
+    return fill(cards_template(s, notes, prefix, tag), texts)
 
 
 def _fit(axis_range: Range1d, low: float, high: float, pad_low: bool = True) -> None:
@@ -115,6 +186,9 @@ class DiversityExplorer(pn.viewable.Viewer):
         self._plots = pn.Column(width=RESULTS_WIDTH + 20, margin=0, css_classes=["dv-plots"])
         self._shown = False
         self._build_figures()
+        self._q_slider = pn.widgets.DiscreteSlider.from_param(a.param.q, css_classes=["dv-q"])
+        self._t_slider = pn.widgets.FloatSlider.from_param(a.param.t, css_classes=["dv-t"])
+        self._link_sliders()
         self.param.watch(self._on_source, "source")
         self.param.watch(self._on_compare, "compare_with")
         self.param.watch(lambda _e: self._rebuild(), ["results", "hover_points"])
@@ -273,7 +347,8 @@ class DiversityExplorer(pn.viewable.Viewer):
             "dse_a": {"t": [], "dse_bits": []}, "dse_b": {"t": [], "dse_bits": []},
             "subsample": {"size": [], "mean": [], "sd": [], "low": [], "high": []},
             "groups": {"group": [], "vendi": [], "n": []},
-            "depth": {"layer": [], "vendi": [], "renyi_bits": [], "dse_bits": []}}.items()}
+            "depth": {"layer": [], "vendi": [], "renyi_bits": [], "dse_bits": []},
+            "orders": {"x": [], "vendi_a": [], "vendi_b": []}, "times": {"t": []}, "template": {"html": []}}.items()}
         src = self._src
         vendi = _figure("Vendi vs order q (dots: current q)", "q", "Vendi", y_axis_type="log")
         lines = [vendi.line("q", "vendi", source=src["vendi_a"], color=TEAL, line_width=2, legend_label="A"),
@@ -334,6 +409,49 @@ class DiversityExplorer(pn.viewable.Viewer):
                           pn.Row(self._panes["vendi"], self._panes["spectrum"], margin=0),
                           pn.Row(self._panes["dse"], self._panes["subsample"], margin=0),
                           self._panes["depth"], self._panes["groups"], self._projection_box]
+
+    def _link_sliders(self) -> None:
+        """A q or t move redraws in the browser at once, from the tables of every slider position
+        (``order_table``, ``time_table``) sent with the last results; the server patches the same data
+        a moment later (and alone, without a browser: in a notebook's Python or a test)."""
+        src, figs = self._src, self._figures
+        args = dict(orders=src["orders"], times=src["times"], template=src["template"], marker=src["marker"],
+                    sub=src["subsample"], groups=src["groups"], depth=src["depth"], cards=self._cards,
+                    tspan=self._t_span, sub_range=figs["subsample"].y_range, group_range=figs["groups"].y_range,
+                    depth_range=figs["depth"].y_range, qslider=self._q_slider._slider, tslider=self._t_slider)
+        self._q_slider._slider.jscallback(value=MOVE_JS, args=args)
+        self._t_slider.jscallback(value=MOVE_JS, args=args)
+
+    def _fill_tables(self) -> None:
+        """The tables the browser reads on a q or t move, and the cards' template (cached reads)."""
+        a, b, src = self.analysis, self.other, self._src
+        orders, times = a.order_table(), a.time_table()
+        other_orders = b.order_table() if b is not None else None
+        other_times = b.time_table() if b is not None else None
+        texts = [order_texts(r.q, r.vendi, r.renyi_bits, r.estimated_error, r.vendi_upper_bound)
+                 for r in orders.itertuples()]
+        if other_orders is not None:
+            texts = [{**t, **order_texts(r.q, r.vendi, r.renyi_bits, r.estimated_error, r.vendi_upper_bound, "b-")}
+                     for t, r in zip(texts, other_orders.itertuples())]
+        sub_low = [m - sd for m, sd in zip(orders["sub_mean"], orders["sub_sd"])]
+        sub_high = [m + sd for m, sd in zip(orders["sub_mean"], orders["sub_sd"])]
+        src["orders"].data = {
+            "x": [float(CURVE_Q.max()) if math.isinf(q) else q for q in orders["q"]],
+            "vendi_a": orders["vendi"].to_numpy(),
+            "vendi_b": other_orders["vendi"].to_numpy() if other_orders is not None else [math.nan] * len(orders),
+            "sub_mean": list(orders["sub_mean"]), "sub_low": sub_low, "sub_high": sub_high,
+            "group_vendi": list(orders["group_vendi"]), "depth_vendi": list(orders["depth_vendi"]),
+            "depth_renyi": [np.log2(v) for v in orders["depth_vendi"]],
+            **{token: [t[token] for t in texts] for token in texts[0]}}
+        ttexts = [time_texts(r.t, r.dse_bits, r.dsmi_bits) for r in times.itertuples()]
+        if other_times is not None:
+            ttexts = [{**t, **time_texts(r.t, r.dse_bits, r.dsmi_bits, "b-")} for t, r in zip(ttexts, other_times.itertuples())]
+        src["times"].data = {"t": times["t"].to_numpy(), "depth_dse": list(times["depth_dse"]),
+                             **{token: [t[token] for t in ttexts] for token in ttexts[0]}}
+        template = cards_template(a.scores(), a.dataset.notes, tag="A" if b is not None else "")
+        if b is not None:
+            template += cards_template(b.scores(), b.dataset.notes, prefix="b-", tag="B")
+        src["template"].data = {"html": [template]}
 
     @staticmethod
     def _set(source: ColumnDataSource, frame: pd.DataFrame | None) -> None:
@@ -399,6 +517,7 @@ class DiversityExplorer(pn.viewable.Viewer):
             self._panes["groups"].visible = labelled
             self._figures["groups"].x_range.factors = [str(g) for g in a.group_scores()["group"]] if labelled else []
             self._layer_span.location = a.layer
+            self._fill_tables()
             self._show_order()
             self._projection.object = self._projection_plot()
             self._projection_box.visible = True
@@ -441,8 +560,8 @@ class DiversityExplorer(pn.viewable.Viewer):
             pn.widgets.FloatInput.from_param(a.param.sigma),
             pn.widgets.IntSlider.from_param(a.param.degree),
             pn.widgets.Checkbox.from_param(a.param.center, css_classes=["dv-center"]),
-            pn.widgets.DiscreteSlider.from_param(a.param.q, css_classes=["dv-q"]),
-            pn.widgets.FloatSlider.from_param(a.param.t, css_classes=["dv-t"]),
+            self._q_slider,
+            self._t_slider,
             pn.widgets.FloatInput.from_param(a.param.dse_sigma),
             "### Large n",
             pn.widgets.Select.from_param(a.param.method),
