@@ -68,6 +68,7 @@ class ConformalExplorer(pn.viewable.Viewer):
         self.jobs = JobRunner()
         self._loaded_source = None
         self._upload = upload_widget("Outputs file(s)", ".npz,.npy,.csv,.parquet", "cp-upload", multiple=True)
+        self._upload.param.watch(self._on_upload, "value")
         self._table = pn.widgets.Tabulator(pd.DataFrame(), selectable=1, disabled=True, pagination="local",
                                            layout="fit_data_stretch", widths={"set": 120},
                                            page_size=8, show_index=False, sizing_mode="stretch_width", height=330,
@@ -90,9 +91,22 @@ class ConformalExplorer(pn.viewable.Viewer):
             on_open(self._on_settings)
 
     # ------------------------------------------------------------------ actions (no computation here)
+    def _upload_files(self) -> list:
+        """The files to read: the newest one, or the newest two when they are .npy (scores + labels)."""
+        files = uploaded(self._upload) or []
+        if files and files[-1].suffix == ".npy":
+            return [f for f in files if f.suffix == ".npy"][-2:]
+        return files[-1:]
+
+    def _on_upload(self, _event) -> None:
+        """A dropped file is read at once (a lone .npy waits for its partner)."""
+        files = self._upload_files()
+        if files and (files[-1].suffix != ".npy" or len(files) == 2):
+            self._load_current("upload")
+
     def _load_current(self, source: str | None = None) -> None:
         source = source or self.source
-        uploads = uploaded(self._upload) or []
+        uploads = self._upload_files()
         if source == "upload" and not uploads:
             self.jobs.show_error("Choose an .npz, a pair of .npy files, a .csv or a .parquet file, then press "
                                  "'Load uploaded file'.")

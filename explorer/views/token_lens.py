@@ -120,7 +120,7 @@ class TokenEntropyLens(pn.viewable.Viewer):
     def _run(self, mode: str) -> None:
         self.analysis.mode = mode
         label = "Generating" if mode == "generate" else "Scoring"
-        self.jobs.submit(self.analysis.compute, label, slot="run", on_done=self._show_run, on_error=self._show_run)
+        self.jobs.submit(self.analysis.compute, label, slot="run", on_done=self._show_run)
 
     def _on_display(self, *_events) -> None:
         with pn.io.hold(pn.state.curdoc):
