@@ -15,6 +15,8 @@ import torch
 from explorer.errors import InputError
 from explorer.models.device import resolve_device
 from explorer.models.hub import resolve_model_source
+from explorer.models.libraries import IMPORT_LOCK
+from explorer.models.libraries import sentence_transformer as sentence_transformer_class
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 _CACHE: dict[tuple[str, str], "SentenceEmbedder"] = {}
@@ -64,10 +66,10 @@ def load_embedder(name_or_path: str | None = None, device=None) -> SentenceEmbed
     key = (source, str(dev))
     with _LOCK:
         if key not in _CACHE:
-            from sentence_transformers import SentenceTransformer
-
+            sentence_transformer = sentence_transformer_class()
             try:
-                model = SentenceTransformer(source, device=str(dev), trust_remote_code=False)
+                with IMPORT_LOCK:  # loading imports more of transformers on first use
+                    model = sentence_transformer(source, device=str(dev), trust_remote_code=False)
             except Exception as err:  # noqa: BLE001
                 raise InputError(f"Could not load the sentence embedder {name_or_path or DEFAULT_EMBEDDER!r}: "
                                  f"{type(err).__name__}: {err}") from err

@@ -16,6 +16,7 @@ import torch
 from explorer.errors import InputError
 from explorer.models.device import resolve_device
 from explorer.models.hub import resolve_model_source
+from explorer.models.libraries import IMPORT_LOCK, transformers_names
 
 _CACHE: dict[tuple[str, str], "NLIModel"] = {}
 _LOCK = threading.Lock()
@@ -94,11 +95,11 @@ def load_nli_model(name_or_path: str, device=None) -> NLIModel:
     key = (source, str(dev))
     with _LOCK:
         if key not in _CACHE:
-            from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
+            names = transformers_names()
             try:
-                tokenizer = AutoTokenizer.from_pretrained(source)
-                model = AutoModelForSequenceClassification.from_pretrained(source)
+                with IMPORT_LOCK:  # from_pretrained imports the model's own modules on first use
+                    tokenizer = names.AutoTokenizer.from_pretrained(source)
+                    model = names.AutoModelForSequenceClassification.from_pretrained(source)
             except Exception as err:  # noqa: BLE001 - any loading failure is the user's to fix
                 raise InputError(f"Could not load the NLI model {name_or_path!r}: {type(err).__name__}: "
                                  f"{str(err).splitlines()[0][:300]}") from err
