@@ -60,7 +60,7 @@ def test_concurrent_calls_equal_the_same_calls_alone(lm, monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(lm.tokenizer, "set_truncation_and_padding", slow)
-    work = [name for _ in range(2) for name in calls]
+    work = [*calls, "sample", "next_token", "hidden"]  # each call at once, padded batches twice
     barrier = threading.Barrier(len(work))
     results: list[tuple[str, object]] = []
     errors: list[BaseException] = []

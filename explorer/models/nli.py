@@ -15,6 +15,7 @@ import torch
 
 from explorer.errors import InputError
 from explorer.models.device import resolve_device
+from explorer.models.fair_lock import FairLock
 from explorer.models.hub import resolve_model_source
 from explorer.models.libraries import IMPORT_LOCK, transformers_names
 
@@ -40,14 +41,14 @@ class NLIModel:
         if self.entailment is None:
             raise InputError(f"{name} is not an NLI model: its labels {sorted(map(str, labels.values()))} name no "
                              "single entailment class.")
-        self._lock = threading.Lock()
+        self.lock = FairLock("the NLI model")
 
     def predict(self, premises: Sequence[str], hypotheses: Sequence[str], batch_size: int = 32) -> torch.Tensor:
         """The most probable class id for each (premise, hypothesis) pair, ``[P]`` long on the CPU."""
         if len(premises) != len(hypotheses):
             raise ValueError("premises and hypotheses must have the same length")
         out = []
-        with self._lock, torch.inference_mode():
+        with self.lock, torch.inference_mode():
             for start in range(0, len(premises), batch_size):
                 batch = self.tokenizer(list(premises[start:start + batch_size]),
                                        list(hypotheses[start:start + batch_size]),
