@@ -190,12 +190,14 @@ def test_hidden_states_pool_each_text_as_a_plain_forward_pass(lm, pooling):
         lm.hidden_states(texts, pooling="max")
 
 
-def test_generate_and_score_raise_no_warnings(lm):
+def test_generate_score_and_sampling_raise_no_warnings(lm):
     """No deprecated arguments: transformers' FutureWarnings and its once-only log warnings stay silent."""
     import logging
     import warnings
 
     from transformers.utils import logging as hf_logging
+
+    from explorer.models.sampling import sample_answers
 
     records: list[logging.LogRecord] = []
 
@@ -215,6 +217,7 @@ def test_generate_and_score_raise_no_warnings(lm):
             lm.score(" Paris.", prompt="The capital of France is")
             lm.attention_entropy(trace)
             lm.next_token_logits(["One", "Two words"])
+            sample_answers(lm, ["Name a colour."], 1.0, 2, 3, seed=0)
     finally:
         logger.removeHandler(handler)
     assert [str(w.message) for w in caught] == []
