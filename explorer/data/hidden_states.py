@@ -1,7 +1,7 @@
 """Per-layer representations of the lens page's language model: the mean over each text's tokens of
 every layer's hidden state (embeddings = layer 0), for the entropy of representations across depth.
 
-All layers come from one forward pass per batch (``output_hidden_states``); the bundled text set's
+All layers come from one forward pass per batch (``LanguageModel.hidden_states``); the bundled text set's
 layers are cached per process and model, so every session shares one computation.
 """
 
@@ -22,7 +22,8 @@ _TEXT_SET_LOCK = threading.Lock()
 
 def mean_pooled_hidden_states(texts: list[str], model_name: str | None = None, batch_size: int = 16,
                               progress: Progress | None = None) -> torch.Tensor:
-    """``layers x n x hidden`` float32 tensor on the CPU: masked mean over tokens of each layer."""
+    """``layers x n x hidden`` float32 tensor on the CPU: masked mean over tokens of each layer
+    (:meth:`explorer.models.language_model.LanguageModel.hidden_states`)."""
     from explorer.models.language_model import load_language_model
 
     texts = [str(t) for t in texts]
@@ -31,24 +32,7 @@ def mean_pooled_hidden_states(texts: list[str], model_name: str | None = None, b
     if progress is not None:
         progress.update(0, 1, "Loading the language model")
     lm = load_language_model(model_name)
-    tokenizer = lm.tokenizer
-    pooled = []
-    for start in range(0, len(texts), batch_size):
-        with lm.lock:  # the tokenizer is shared: restore its padding side for the other pages
-            side, tokenizer.padding_side = tokenizer.padding_side, "right"  # positions 0.. for every text
-            try:
-                batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                                  truncation=True, max_length=256).to(lm.device)
-            finally:
-                tokenizer.padding_side = side
-            with torch.inference_mode():
-                states = lm.model(**batch, output_hidden_states=True).hidden_states
-        mask = batch["attention_mask"].unsqueeze(-1).float()
-        pooled.append(torch.stack([(h.float() * mask).sum(1) / mask.sum(1) for h in states]).cpu())
-        if progress is not None:
-            progress.update(start + batch_size, len(texts), f"Hidden states of {min(start + batch_size, len(texts))}"
-                                                           f"/{len(texts)} texts (all layers in one pass)")
-    return torch.cat(pooled, dim=1)
+    return lm.hidden_states(texts, batch_size=batch_size, max_length=256, pooling="mean", progress=progress)
 
 
 def hidden_state_sets(texts: list[str], labels=None, model_name: str | None = None,

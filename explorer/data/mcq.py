@@ -66,11 +66,11 @@ def mcq_prompt(row: pd.Series) -> str:
     return f"{INSTRUCTION}\n\nQuestion: {question_text(row)}\nAnswer:"
 
 
-def letter_token_ids(tokenizer, leading_space: bool) -> list[int]:
+def letter_token_ids(model, leading_space: bool) -> list[int]:
     """The single token of each option letter (with a leading space after a plain 'Answer:')."""
     ids = []
     for letter in LETTERS:
-        pieces = tokenizer.encode((" " if leading_space else "") + letter, add_special_tokens=False)
+        pieces = model.encode((" " if leading_space else "") + letter).tolist()
         if len(pieces) != 1:
             raise InputError(f"The tokenizer splits the option letter {letter!r} into {len(pieces)} tokens; "
                              "this model cannot be scored on the letters alone.")
@@ -81,13 +81,13 @@ def letter_token_ids(tokenizer, leading_space: bool) -> list[int]:
 def letter_logits(model, prompts: list[str], progress: Progress | None = None) -> np.ndarray:
     """Next-token logits of the four letters after each prompt: ``[n, 4]`` (float64)."""
     chat = bool(model.has_chat_template)
-    ids = torch.tensor(letter_token_ids(model.tokenizer, leading_space=not chat))
+    ids = torch.tensor(letter_token_ids(model, leading_space=not chat))
     full = [model.format_prompt(prompt, chat=chat) for prompt in prompts]
     rows = []
     for start in range(0, len(full), BATCH):
         if progress is not None:
             progress.update(start, len(full), f"Asking {model.name}: question {start + 1} of {len(full)}")
-        logits = model.next_token_logits(full[start:start + BATCH])
+        logits = model.next_token_logits(full[start:start + BATCH], progress=progress)
         rows.append(logits[:, ids.to(logits.device)].double().cpu())
     return torch.cat(rows).numpy()
 

@@ -14,7 +14,11 @@ import torch
 
 from explorer.errors import InputError
 from explorer.models.device import resolve_device
+from explorer.models.fair_lock import FairLock
 from explorer.models.hub import resolve_model_source
+from explorer.models.libraries import IMPORT_LOCK
+from explorer.models.libraries import sentence_transformer as sentence_transformer_class
+from explorer.progress import Progress
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 _CACHE: dict[tuple[str, str], "SentenceEmbedder"] = {}
@@ -37,17 +41,20 @@ class SentenceEmbedder:
         self.name, self.model, self.device = name, model, device
         dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         self.dim = int(dimension())
-        self._lock = threading.Lock()
+        self.lock = FairLock("the sentence embedder")
 
-    def encode(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-        """Embed ``texts`` as an ``n x dim`` float32 tensor of unit-norm rows on ``self.device``."""
+    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: Progress | None = None) -> torch.Tensor:
+        """Embed ``texts`` as an ``n x dim`` float32 tensor of unit-norm rows on ``self.device``.
+
+        Calls from several sessions take turns in arrival order (``self.lock``); ``progress`` shows the
+        queue position while waiting and can cancel the wait."""
         texts = list(texts)
         if not texts:
             raise InputError("Nothing to embed: the list of texts is empty.")
         bad = [i for i, text in enumerate(texts) if not isinstance(text, str)]
         if bad:
             raise InputError(f"Texts must be strings; row {bad[0]} is {type(texts[bad[0]]).__name__}.")
-        with self._lock, torch.inference_mode():
+        with self.lock.hold(progress), torch.inference_mode():
             out = self.model.encode(texts, batch_size=batch_size, convert_to_tensor=True,
                                     normalize_embeddings=True, show_progress_bar=False)
         return out.float().to(self.device)
@@ -64,10 +71,10 @@ def load_embedder(name_or_path: str | None = None, device=None) -> SentenceEmbed
     key = (source, str(dev))
     with _LOCK:
         if key not in _CACHE:
-            from sentence_transformers import SentenceTransformer
-
+            sentence_transformer = sentence_transformer_class()
             try:
-                model = SentenceTransformer(source, device=str(dev), trust_remote_code=False)
+                with IMPORT_LOCK:  # loading imports more of transformers on first use
+                    model = sentence_transformer(source, device=str(dev), trust_remote_code=False)
             except Exception as err:  # noqa: BLE001
                 raise InputError(f"Could not load the sentence embedder {name_or_path or DEFAULT_EMBEDDER!r}: "
                                  f"{type(err).__name__}: {err}") from err

@@ -15,7 +15,9 @@ import torch
 
 from explorer.errors import InputError
 from explorer.models.device import resolve_device
+from explorer.models.fair_lock import FairLock
 from explorer.models.hub import resolve_model_source
+from explorer.models.libraries import IMPORT_LOCK, transformers_names
 
 _CACHE: dict[tuple[str, str], "NLIModel"] = {}
 _LOCK = threading.Lock()
@@ -39,14 +41,14 @@ class NLIModel:
         if self.entailment is None:
             raise InputError(f"{name} is not an NLI model: its labels {sorted(map(str, labels.values()))} name no "
                              "single entailment class.")
-        self._lock = threading.Lock()
+        self.lock = FairLock("the NLI model")
 
     def predict(self, premises: Sequence[str], hypotheses: Sequence[str], batch_size: int = 32) -> torch.Tensor:
         """The most probable class id for each (premise, hypothesis) pair, ``[P]`` long on the CPU."""
         if len(premises) != len(hypotheses):
             raise ValueError("premises and hypotheses must have the same length")
         out = []
-        with self._lock, torch.inference_mode():
+        with self.lock, torch.inference_mode():
             for start in range(0, len(premises), batch_size):
                 batch = self.tokenizer(list(premises[start:start + batch_size]),
                                        list(hypotheses[start:start + batch_size]),
@@ -94,11 +96,11 @@ def load_nli_model(name_or_path: str, device=None) -> NLIModel:
     key = (source, str(dev))
     with _LOCK:
         if key not in _CACHE:
-            from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
+            names = transformers_names()
             try:
-                tokenizer = AutoTokenizer.from_pretrained(source)
-                model = AutoModelForSequenceClassification.from_pretrained(source)
+                with IMPORT_LOCK:  # from_pretrained imports the model's own modules on first use
+                    tokenizer = names.AutoTokenizer.from_pretrained(source)
+                    model = names.AutoModelForSequenceClassification.from_pretrained(source)
             except Exception as err:  # noqa: BLE001 - any loading failure is the user's to fix
                 raise InputError(f"Could not load the NLI model {name_or_path!r}: {type(err).__name__}: "
                                  f"{str(err).splitlines()[0][:300]}") from err

@@ -6,6 +6,7 @@ the same tokens at another temperature without a new forward pass (formulas.md s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
@@ -15,6 +16,7 @@ import torch
 from explorer.kernels.entropy import entropy_sweep, token_rank, token_statistics
 
 RANK_BUCKETS = (10, 100, 1000)  # GLTR's buckets: top-10, top-100, top-1000, beyond
+STATISTICS_ROWS = 256  # positions per block of the token statistics: a few [256, V] temporaries at a time
 
 
 def rank_bucket(rank: torch.Tensor) -> torch.Tensor:
@@ -65,7 +67,16 @@ class TokenTrace:
 
     @cached_property
     def _statistics(self) -> dict[str, torch.Tensor]:
-        return token_statistics(self.logits, self.token_ids, temperature=self.temperature, with_rank=False)
+        """Entropy, surprisal and varentropy, a block of positions at a time (bounded temporaries)."""
+        blocks = [token_statistics(logits, ids, temperature=self.temperature, with_rank=False)
+                  for logits, ids in self._row_blocks()]
+        return {name: torch.cat([block[name] for block in blocks]) for name in blocks[0]}
+
+    def _row_blocks(self):
+        """(logits, token ids) of :data:`STATISTICS_ROWS` positions at a time: the kernels' [rows, V]
+        temporaries stay a few blocks in size however long the text."""
+        for start in range(0, max(len(self.logits), 1), STATISTICS_ROWS):
+            yield self.logits[start:start + STATISTICS_ROWS], self.token_ids[start:start + STATISTICS_ROWS]
 
     @property
     def entropy(self) -> torch.Tensor:
@@ -83,7 +94,7 @@ class TokenTrace:
     def rank(self) -> torch.Tensor:
         """1 + #{v : z_v > z_y}: the same at every temperature, so computed once per text."""
         if "rank" not in self.shared:
-            self.shared["rank"] = token_rank(self.logits, self.token_ids)
+            self.shared["rank"] = torch.cat([token_rank(logits, ids) for logits, ids in self._row_blocks()])
         return self.shared["rank"]
 
     @cached_property
@@ -117,13 +128,14 @@ class TokenTrace:
         """Mean entropy, log-perplexity, perplexity, the zero-shot detection statistic D and rank buckets.
 
         D = mean surprisal - mean entropy (Zero-Shot Statistical Tests for LLM-Generated Text Detection).
+        Means and exp are taken in float64.
         """
-        log_ppl = float(self.surprisal.mean())
-        mean_entropy = float(self.entropy.mean())
+        log_ppl = float(self.surprisal.double().mean())
+        mean_entropy = float(self.entropy.double().mean())
         buckets = torch.bincount(rank_bucket(self.rank), minlength=len(RANK_BUCKETS) + 1).tolist()
         return {
             "tokens": len(self), "temperature": self.temperature, "mean_entropy": mean_entropy,
-            "log_perplexity": log_ppl, "perplexity": float(torch.exp(torch.tensor(log_ppl))),
+            "log_perplexity": log_ppl, "perplexity": math.exp(log_ppl),
             "detection_statistic": log_ppl - mean_entropy, "mean_varentropy": float(self.varentropy.mean()),
             **{f"rank_{label}": n for label, n in zip(("top10", "top100", "top1000", "beyond"), buckets)},
         }
