@@ -193,7 +193,8 @@ class _Runner:
         if key in self.done:
             self._tick(len(prompts) * n, f"kept stored batch {key}")
             return
-        samples = sample_answers(self.lm, [p for _, _, p in prompts], temperature, n, self.s.max_new_tokens, seed)
+        samples = sample_answers(self.lm, [p for _, _, p in prompts], temperature, n, self.s.max_new_tokens, seed,
+                                 progress=self.progress)
         frame = pd.DataFrame([_row(kind, temperature, prompts[x.prompt_index], x) for x in samples], columns=SAMPLE_COLUMNS)
         self.store.add_batch(self.run_id, key, frame)
         self._tick(len(samples), f"stored batch {key} ({kind} answers at T={temperature:g})")

@@ -121,7 +121,8 @@ class TokenLensAnalysis(Analysis):
         model = self.language_model()
         if self.mode == "score":
             progress.update(0.2, 1, "scoring")
-            return model.score(self.text, prompt=self.prompt if self.prompt.strip() else None, chat=self.chat)
+            return model.score(self.text, prompt=self.prompt if self.prompt.strip() else None, chat=self.chat,
+                               progress=progress)
         return model.generate(self.prompt, max_new_tokens=self.max_new_tokens, decoding=self.decoding,
                               temperature=self.generation_temperature, seed=self.seed, chat=self.chat,
                               progress=progress, **self.rule_settings())
@@ -129,7 +130,7 @@ class TokenLensAnalysis(Analysis):
     @result("trace", heavy=True)
     def attention(self, progress: Progress | None = None) -> torch.Tensor:
         """Entropy of every attention row over the text ``[layers, heads, tokens]`` (nats)."""
-        return self.language_model().attention_entropy(self.trace())
+        return self.language_model().attention_entropy(self.trace(), progress=progress)
 
     @result("trace", heavy=True)
     def temperature_grid(self, progress: Progress | None = None) -> dict[float, TokenTrace]:

@@ -46,6 +46,7 @@ TOKEN_CSS = """
   box-shadow:0 4px 12px rgba(0,0,0,.25)}
 .lens-tok:hover .lens-tip{display:block}
 .lens-legend{font-size:12px;color:#374151;margin:2px 6px}
+.lens-context{color:#9ca3af}
 .lens-legend span{padding:1px 6px;border-radius:3px;margin-right:6px}
 </style>
 """
@@ -170,7 +171,7 @@ class TokenEntropyLens(pn.viewable.Viewer):
         except InputError:
             return
         self._summary.object = self._summary_html(trace, summary)
-        self._tokens.object = self._tokens_html(frame, trace.logits.shape[-1])
+        self._tokens.object = self._tokens_html(frame, trace.logits.shape[-1], self._unscored_context(trace))
         self._source.data = {column: frame[column].to_numpy() for column in CURVE_COLUMNS}
         values = frame[[c for c in CURVE_COLUMNS if c not in ("position", "token")]].to_numpy(dtype=float)
         top = float(np.nanmax(values)) if np.isfinite(values).any() else 1.0
@@ -264,7 +265,11 @@ class TokenEntropyLens(pn.viewable.Viewer):
         return (f"<div style='display:flex;flex-wrap:wrap;align-items:center'>{body}"
                 f"<div class='lens-legend'>{origin} · shown at T = {self.analysis.temperature:.2f}{note}</div></div>")
 
-    def _tokens_html(self, frame: pd.DataFrame, vocabulary: int) -> str:
+    def _unscored_context(self, trace) -> str:
+        """The start of a pasted text that is context only (the model predicts the tokens after it)."""
+        return trace.context if trace.kind == "scored" and not self.analysis.prompt.strip() else ""
+
+    def _tokens_html(self, frame: pd.DataFrame, vocabulary: int, context: str = "") -> str:
         colour_by = self.analysis.colour_by
         if colour_by == "rank bucket":
             colours = [BUCKET_COLOURS[b] for b in frame["rank_bucket"]]
@@ -283,7 +288,9 @@ class TokenEntropyLens(pn.viewable.Viewer):
                    + row.top_alternatives.replace("; ", "\n"))
             spans.append(f"<span class='lens-tok' style='background:{colour}'>{html.escape(_visible(row.token))}"
                          f"<span class='lens-tip'>{html.escape(tip)}</span></span>")
-        return f"{TOKEN_CSS}<div class='lens-legend'>{legend}</div><div class='lens-text'>{''.join(spans)}</div>"
+        lead = (f"<span class='lens-context' title='context: the model predicts the tokens after it'>"
+                f"{html.escape(_visible(context))}</span>") if context else ""
+        return f"{TOKEN_CSS}<div class='lens-legend'>{legend}</div><div class='lens-text'>{lead}{''.join(spans)}</div>"
 
     def _curve_figure(self):
         """Entropy, surprisal and varentropy along the text with their rolling means, over one data
