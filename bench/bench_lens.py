@@ -1,0 +1,247 @@
+"""The deeper lens, side by side in one process: logit lens, batched branches, batched reasoning steps.
+
+Run: HF_HUB_OFFLINE=1 python bench/bench_lens.py [--quick] [--device cpu|cuda] [--repeats R]
+
+Cases (default model SmolLM2-135M-Instruct, text = the repository's own README):
+- logit lens on 256 tokens (64 with --quick) against one plain forward pass with hidden states (the
+  aim is at most 3x its cost) and against a naive lens that builds every layer's full logits at once
+  and reduces them with log_softmax; errors against that naive version; peak memory of each (CUDA:
+  ``max_memory_allocated``; CPU: the resident set's high-water mark above its level before the call).
+- k = 8 branches of 32 tokens (8 with --quick): one batched call against 8 sequential one-branch
+  calls (stop tokens disabled on both sides so that every branch has the same length).
+- reasoning steps, K = 10: one batched pass against K + 1 separate forward passes; error = the
+  largest difference of the answer-token entropies.
+Times are the best of ``--repeats`` interleaved runs; ratio = baseline / ours (> 1: ours is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from explorer.kernels.divergence import lens_statistics
+from explorer.models import lens_tools
+
+ROOT = Path(__file__).resolve().parents[1]
+QUESTION = "A shop sells pencils at 3 for 45 cents. How much do 10 pencils cost?"
+STEPS = ["One pencil costs 45 / 3 = 15 cents.", "Ten pencils cost 10 times as much.", "10 * 15 = 150 cents.",
+         "150 cents is 1.50 dollars.", "Check: 3 pencils cost 45 cents, so 9 cost 135 cents.",
+         "One more pencil adds 15 cents: 135 + 15 = 150.", "Both ways give 150 cents.",
+         "There is no discount for buying 10.", "So the cost is 150 cents.", "In dollars that is $1.50."]
+ANSWER = "$1.50"
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def best_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def peak_memory_mb(fn, device: torch.device) -> float:
+    """Peak memory a call adds: CUDA's allocator peak, or on CPU the resident set's high-water mark
+    (Linux VmHWM, reset through /proc/self/clear_refs after returning free heap memory with
+    malloc_trim) above the resident set before the call. NaN where Linux does not allow the reset."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2 ** 20
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+    except OSError:
+        return float("nan")
+    before = _status_kb("VmRSS")
+    fn()
+    return max(0, _status_kb("VmHWM") - before) / 1024
+
+
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(key + ":"))
+
+
+def readme_trace(lm, tokens: int):
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    ids = lm.encode(text)[:tokens + 1]
+    trace = lm.score(lm.tokenizer.decode(ids))
+    return trace if len(trace) <= tokens else lm.score(lm.tokenizer.decode(ids[:tokens]))
+
+
+# ------------------------------------------------------------------ logit lens
+def plain_forward(lm, trace) -> None:
+    ids = torch.cat([trace.context_ids.cpu(), trace.token_ids.cpu()]).to(lm.device)
+    with lm.lock, torch.inference_mode():
+        lm.model(ids[None], output_hidden_states=True)
+    _sync(lm.device)
+
+
+def naive_lens(lm, trace) -> dict[str, torch.Tensor]:
+    """Every layer's full logits at once ([layers, positions, V]), then log_softmax statistics."""
+    ids = torch.cat([trace.context_ids.cpu(), trace.token_ids.cpu()]).to(lm.device)
+    start, n = len(trace.context_ids) - 1, len(trace)
+    with lm.lock, torch.inference_mode():
+        out = lm.model(ids[None], output_hidden_states=True)
+        norm, head = lens_tools._final_norm(lm.model), lm.model.get_output_embeddings()
+        hidden = out.hidden_states
+        logits = torch.stack([head(norm(h[0, start:start + n])) for h in hidden[:-1]]
+                             + [out.logits[0, start:start + n]]).float()
+        log_p = torch.log_softmax(logits, -1)
+        p = log_p.exp()
+        result = {"entropy": -(p * log_p).sum(-1), "kl_to_final": (p * (log_p - log_p[-1])).sum(-1)}
+    _sync(lm.device)
+    return result
+
+
+def lens_cases(lm, tokens: int, repeats: int) -> list[dict]:
+    trace = readme_trace(lm, tokens)
+
+    def ours():
+        lens = lens_tools.logit_lens(lm, trace, keep_logits_mb=0)
+        _sync(lm.device)
+        return lens
+
+    ours(), plain_forward(lm, trace)  # warm-up
+    ours_s = forward_s = naive_s = float("inf")
+    for _ in range(repeats):  # interleaved so that machine noise hits all three
+        forward_s = min(forward_s, best_time(lambda: plain_forward(lm, trace), 1))
+        ours_s = min(ours_s, best_time(ours, 1))
+        naive_s = min(naive_s, best_time(lambda: naive_lens(lm, trace), 1))
+    lens, naive = ours(), naive_lens(lm, trace)
+    error = max(float((lens.entropy - naive["entropy"]).abs().max()),
+                float((lens.kl_to_final - naive["kl_to_final"]).abs().max()))
+    memory = {name: peak_memory_mb(fn, lm.device) for name, fn in
+              (("forward", lambda: plain_forward(lm, trace)), ("ours", ours), ("naive", lambda: naive_lens(lm, trace)))}
+    layers = lens.shape[0]
+    case = f"logit lens, {layers} layers x {len(trace)} tokens"
+    return [
+        {"bench": "lens", "case": case, "ours_s": ours_s, "baseline": "one forward pass with hidden states",
+         "baseline_s": forward_s, "ratio": forward_s / ours_s, "error": None,
+         "note": f"lens = {ours_s / forward_s:.1f}x a forward pass (aim <= 3x); peak memory: ours "
+                 f"{memory['ours']:.0f} MB, forward {memory['forward']:.0f} MB"},
+        {"bench": "lens", "case": case, "ours_s": ours_s, "baseline": "naive: every layer's full logits at once",
+         "baseline_s": naive_s, "ratio": naive_s / ours_s, "error": error,
+         "note": f"peak memory: ours {memory['ours']:.0f} MB, naive {memory['naive']:.0f} MB"},
+    ]
+
+
+# ------------------------------------------------------------------ branches
+@contextmanager
+def no_stop_tokens(lm):
+    """Both sides produce exactly max_new_tokens tokens."""
+    stop_ids = lm._stop_ids
+    lm._stop_ids = lambda: set()
+    try:
+        yield
+    finally:
+        lm._stop_ids = stop_ids
+
+
+def branch_cases(lm, k: int, tokens: int, repeats: int) -> list[dict]:
+    trace = readme_trace(lm, 48)
+    position = 40
+
+    def batched():
+        lm.branch(trace, position, k=k, max_new_tokens=tokens, seed=0, decoding="top_p", top_p=0.95)
+        _sync(lm.device)
+
+    def sequential():
+        for seed in range(k):
+            lm.branch(trace, position, k=1, max_new_tokens=tokens, seed=seed, decoding="top_p", top_p=0.95)
+        _sync(lm.device)
+
+    with no_stop_tokens(lm):
+        batched(), sequential()  # warm-up
+        ours_s = baseline_s = float("inf")
+        for _ in range(repeats):
+            ours_s = min(ours_s, best_time(batched, 1))
+            baseline_s = min(baseline_s, best_time(sequential, 1))
+    return [{"bench": "lens", "case": f"branches, k = {k} x {tokens} tokens", "ours_s": ours_s,
+             "baseline": f"{k} sequential one-branch calls", "baseline_s": baseline_s, "ratio": baseline_s / ours_s,
+             "error": None, "note": "different random draws by design (one generator per call); top-p 0.95"}]
+
+
+# ------------------------------------------------------------------ reasoning steps
+def separate_passes(lm, steps: list[str]) -> torch.Tensor:
+    answer_ids = lm.encode(" " + ANSWER)
+    entropies = []
+    for k in range(len(steps) + 1):
+        context = lm.tokenizer("\n".join([QUESTION, *steps[:k], "Answer:"]))["input_ids"]
+        ids = torch.tensor(context + answer_ids.tolist(), device=lm.device)
+        with lm.lock, torch.inference_mode():
+            logits = lm.model(ids[None]).logits[0, len(context) - 1:-1].float()
+        entropies.append(lens_statistics(logits[None])["entropy"][0])
+    _sync(lm.device)
+    return torch.stack(entropies)
+
+
+def reasoning_cases(lm, repeats: int) -> list[dict]:
+    def ours():
+        result = lm.reasoning_entropy(QUESTION, STEPS, ANSWER)
+        _sync(lm.device)
+        return result
+
+    ours(), separate_passes(lm, STEPS)  # warm-up
+    ours_s = baseline_s = float("inf")
+    for _ in range(repeats):
+        ours_s = min(ours_s, best_time(ours, 1))
+        baseline_s = min(baseline_s, best_time(lambda: separate_passes(lm, STEPS), 1))
+    error = float((ours().token_entropy - separate_passes(lm, STEPS)).abs().max())
+    return [{"bench": "lens", "case": f"reasoning steps, K = {len(STEPS)}", "ours_s": ours_s,
+             "baseline": f"{len(STEPS) + 1} separate forward passes", "baseline_s": baseline_s,
+             "ratio": baseline_s / ours_s, "error": error, "note": "error: answer-token entropies (nats)"}]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run(device: str = "cpu", quick: bool = False, repeats: int | None = None) -> list[dict]:
+    """All cases side by side; ``[]`` when ``device="cuda"`` and CUDA is absent."""
+    if device == "cuda" and not torch.cuda.is_available():
+        return []
+    from explorer.models.language_model import load_language_model
+
+    lm = load_language_model(device=device)
+    repeats = repeats or (1 if quick else 3)
+    return (lens_cases(lm, 64 if quick else 256, repeats)
+            + branch_cases(lm, 8, 8 if quick else 32, repeats)
+            + reasoning_cases(lm, repeats))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=None)
+    args = parser.parse_args()
+    print(f"load average before: {load_average():.1f} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)")
+    rows = run(args.device, args.quick, args.repeats)
+    if not rows:
+        print(f"no {args.device} device: nothing measured")
+    for row in rows:
+        error = "" if row["error"] is None else f", error {row['error']:.1e}"
+        print(f"{row['case']}: ours {row['ours_s'] * 1e3:.0f} ms, {row['baseline']} {row['baseline_s'] * 1e3:.0f} ms "
+              f"-> ratio {row['ratio']:.2f}{error}; {row['note']}")
+    print(f"load average after: {load_average():.1f}")
+
+
+if __name__ == "__main__":
+    main()
