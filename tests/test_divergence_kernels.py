@@ -235,3 +235,25 @@ def test_rolling_mean_properties(values, window):
     assert out[0].item() == pytest.approx(values[0])
     assert bool((out >= x.min() - 1e-9).all() and (out <= x.max() + 1e-9).all())
     assert rolling_mean(torch.full((len(values),), 2.5), window).tolist() == pytest.approx([2.5] * len(values))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10_000), st.integers(2, 12))
+def test_kl_is_infinite_exactly_where_q_removes_mass_of_p(seed, vocab):
+    generator = torch.Generator().manual_seed(seed)
+    z, w = torch.randn(vocab, generator=generator), torch.randn(vocab, generator=generator)
+    keep_p, keep_q = torch.rand(vocab, generator=generator) > 0.4, torch.rand(vocab, generator=generator) > 0.4
+    keep_p[0] = keep_q[1] = True
+    z, w = z.masked_fill(~keep_p, -INF), w.masked_fill(~keep_q, -INF)
+    stats = divergence_statistics(z, w)
+    assert not any(torch.isnan(value).any() for value in stats.values())
+    assert (stats["kl"].item() == INF) == bool((keep_p & ~keep_q).any())
+
+
+def test_lens_statistics_on_bfloat16_input_leave_it_unchanged():
+    logits = random_logits(11, (3, 2, 700)).bfloat16()
+    copy = logits.clone()
+    stats = lens_statistics(logits, overwrite=True)
+    assert torch.equal(logits, copy)                      # the float32 copy was overwritten, not the input
+    expected = direct_lens(logits.float(), torch.zeros(2, dtype=torch.long))
+    torch.testing.assert_close(stats["entropy"].double(), expected["entropy"], atol=5e-5, rtol=1e-5)

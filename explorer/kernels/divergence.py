@@ -98,7 +98,7 @@ def lens_statistics(logits: torch.Tensor, reference: int = -1, token_ids: torch.
     if token_ids is not None:
         ids = torch.as_tensor(token_ids, device=z.device).long().expand(z.shape[:-1]).unsqueeze(-1)
         chosen = z.gather(-1, ids).squeeze(-1)
-    s = z if overwrite and z is logits else z.clone()
+    s = z if overwrite or z is not logits else z.clone()   # a converted copy is ours to overwrite
     s.sub_(top.unsqueeze(-1))
     if t != 1.0:
         s.div_(_safe_temperature(t, s.dtype))

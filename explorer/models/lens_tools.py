@@ -109,11 +109,10 @@ class LogitLens:
                              "were not kept: the temperature applies to the final layer only. Run the logit "
                              "lens again at this temperature to re-score every layer (one forward pass).")
         statistics = _chunked_lens_statistics(self.logits, self.token_ids, temperature)
-        top_tokens = self.top_tokens if torch.equal(statistics["top_ids"], self.top_ids) else None
+        # the top token does not move with T; its probability does
         return replace(self, temperature=float(temperature), entropy=statistics["entropy"],
-                       kl_to_final=statistics["kl_to_reference"], top_ids=statistics["top_ids"],
-                       top_probs=statistics["top_probs"], surprisal=statistics["surprisal"],
-                       top_tokens=top_tokens or self.top_tokens)
+                       kl_to_final=statistics["kl_to_reference"], top_probs=statistics["top_probs"],
+                       surprisal=statistics["surprisal"])
 
     def column(self, position: int) -> pd.DataFrame:
         """One position across layers: entropy, KL to the final layer, top token and its p."""
