@@ -299,3 +299,15 @@ def test_entropy_regions_use_bits_and_the_quadrant_kernel(trace):
     torch.testing.assert_close(torch.tensor(frame["varentropy_bits2"].to_numpy()), trace.varentropy / math.log(2) ** 2)
     codes = entropy_quadrants(bits, trace.varentropy / math.log(2) ** 2, 2.0, 4.0)
     assert frame["quadrant"].tolist() == codes.tolist() and set(frame["quadrant"]) <= set(range(len(QUADRANTS)))
+
+
+def test_bad_temperatures_and_texts_are_input_errors(lm, trace, tiny):
+    for bad in (0, -1.0, float("nan"), "hot"):
+        with pytest.raises(InputError, match="temperature"):
+            lm.logit_lens(trace, temperature=bad)
+        with pytest.raises(InputError, match="temperature"):
+            compare_models(TEXT, lm, tiny, temperature=bad)
+    with pytest.raises(InputError, match="empty"):
+        compare_models("   ", lm, tiny)
+    with pytest.raises(InputError, match="TokenTrace"):
+        lm.logit_lens(42)

@@ -14,6 +14,7 @@ Each forward pass holds ``lm.lock``; the tokenizer and the model's config are ne
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from dataclasses import dataclass, replace
@@ -34,6 +35,9 @@ from explorer.progress import Cancelled, Progress
 
 if TYPE_CHECKING:
     from explorer.models.language_model import LanguageModel
+
+__all__ = ["Branches", "LogitLens", "ModelComparison", "ReasoningEntropy", "branch", "compare_models",
+           "entropy_regions", "logit_lens", "reasoning_entropy", "sample_batch", "split_steps"]
 
 #: logits elements decoded at once by the logit lens (layers x positions x vocabulary; 64 MB in float32)
 LENS_CHUNK_ELEMENTS = 1 << 24
@@ -154,7 +158,7 @@ def logit_lens(lm: LanguageModel, trace, temperature: float | None = None, layer
     Raises ``InputError`` for a model whose output is not ``head(norm(h))`` (e.g. soft-capped logits).
     """
     trace = _trace_of(lm, trace)
-    t = trace.temperature if temperature is None else float(temperature)
+    t = _temperature(trace.temperature if temperature is None else temperature)
     ids = _full_ids(trace, lm.device)
     start, n = len(trace.context_ids) - 1, len(trace)
     with lm.lock, torch.inference_mode():
@@ -401,6 +405,16 @@ def _generated_trace(lm, raw, stats, ids, prefix, context, rule, decoding, tempe
                       n_kept=stats["n_kept"], full_entropy=stats["entropy_full"], stopped=stopped)
 
 
+def _temperature(value) -> float:
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        t = math.nan
+    if not (t > 0 and math.isfinite(t)):
+        raise InputError(f"The temperature must be a positive number, got {value!r}.")
+    return t
+
+
 def _whole(value, what: str) -> int:
     if isinstance(value, float) and value.is_integer():
         return int(value)
@@ -464,6 +478,7 @@ def compare_models(text: str, model_a, model_b, temperature: float = 1.0, window
     (formulas.md section 1); EAD: rolling mean (``window``) of model A's entropy in bits before
     temperature, steps with it > ``threshold_bits`` go to model B (formulas.md section 2).
     """
+    t = _temperature(temperature)
     a, b = _model(model_a), _model(model_b)
     _check_same_tokenizer(a, b, text)
     trace_a, trace_b = a.score(text), b.score(text)
@@ -471,7 +486,6 @@ def compare_models(text: str, model_a, model_b, temperature: float = 1.0, window
             and torch.equal(trace_a.token_ids.cpu(), trace_b.token_ids.cpu())):
         raise InputError(f"{a.name} and {b.name} split this text into different tokens: they cannot be "
                          "compared token by token.")
-    t = float(temperature)
     hot_a, hot_b = trace_a.at_temperature(t), trace_b.at_temperature(t)
     statistics = divergence_statistics(trace_a.logits, trace_b.logits.to(trace_a.logits.device), t)
     rolling, handed = adaptive_handover(trace_a.entropy, float(threshold_bits), window)
