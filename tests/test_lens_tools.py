@@ -267,7 +267,7 @@ def test_reasoning_entropy_equals_separate_forward_passes(lm):
 
 def test_reasoning_entropy_in_several_passes_equals_one(lm, monkeypatch):
     one = lm.reasoning_entropy(QUESTION, STEPS, "11", mark=1)
-    monkeypatch.setattr(lens_tools, "REASONING_BATCH_TOKENS", 1)   # one row per pass
+    monkeypatch.setattr(lens_tools, "REASONING_PACK_TOKENS", 1)   # one row per pass
     many = lm.reasoning_entropy(QUESTION, "\n".join(STEPS), "11", mark=1)
     torch.testing.assert_close(one.token_entropy, many.token_entropy, atol=1e-4, rtol=1e-4)
     assert len(one.marked) <= 1

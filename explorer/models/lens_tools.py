@@ -47,8 +47,8 @@ MAX_BRANCHES = 64
 #: k x max_new_tokens cap: the branches' raw logits stay within one long generation's (2048 x V floats)
 MAX_BRANCH_TOKENS = 2048
 MAX_STEPS = 64
-#: tokens per forward pass of ``reasoning_entropy`` (rows x padded length); more rows go in further passes
-REASONING_BATCH_TOKENS = 16384
+#: tokens per packed forward pass of ``reasoning_entropy``; rows that do not fit go to further passes
+REASONING_PACK_TOKENS = 4096
 EAD_WINDOW = 5
 #: our default hand-over threshold (bits of rolling entropy); the paper tunes it per model pair
 EAD_THRESHOLD_BITS = 3.0
@@ -366,7 +366,10 @@ def sample_batch(lm: LanguageModel, prefix_ids: torch.Tensor, k: int, max_new_to
         out = lm.model(input_ids=prefix_ids.to(lm.device)[None], use_cache=True)
         past, raw = out.cache, out.logits[:, -1, :].float()
         if k > 1:
-            past.batch_repeat_interleave(k)
+            if hasattr(past, "batch_repeat_interleave"):
+                past.batch_repeat_interleave(k)
+            else:  # a cache type that cannot be repeated: run the prefix k times
+                past = lm.model(input_ids=prefix_ids.to(lm.device).expand(k, -1), use_cache=True).cache
             raw = raw.expand(k, -1)
         try:
             for step in range(max_new_tokens):
@@ -592,10 +595,12 @@ def reasoning_entropy(lm: LanguageModel, question: str, steps, answer: str, answ
 
     Context k is ``question``, then steps 1..k, then ``answer_prompt``, one per line, tokenized as the
     tokenizer does for that text; the answer span is ``" " + answer`` tokenized once, so every k scores
-    the same tokens. All K + 1 sequences go through one batched forward pass (left padding, position
-    ids counted from each row's first real token; rows beyond ``REASONING_BATCH_TOKENS`` go to further
-    passes), keeping only the answer span's logits. ``steps`` is a list or a chain for
-    :func:`split_steps`.
+    the same tokens. The K + 1 sequences share their beginnings, so they go through one forward pass
+    packed as a tree (:func:`_tree_logits`): the longest sequence once, and of every other only the
+    tokens after its common prefix with it, under an attention mask that lets each of those see that
+    prefix and itself, with its own position ids. That costs about one pass over the longest
+    sequence instead of K + 1 (sequences over ``REASONING_PACK_TOKENS`` go to further passes); only
+    the answer span's logits are built. ``steps`` is a list or a chain for :func:`split_steps`.
     """
     question = lm._check_text(question, "question")
     steps = split_steps(steps) if isinstance(steps, str) else [str(s).strip() for s in steps]
@@ -627,23 +632,58 @@ def _answer_text(answer) -> str:
 
 
 def _answer_logits(lm: LanguageModel, rows: list[torch.Tensor], n_answer: int) -> torch.Tensor:
-    """Logits predicting the last ``n_answer`` tokens of each row, rows left-padded into batched passes."""
-    width = max(len(r) for r in rows)
-    per_pass = max(1, REASONING_BATCH_TOKENS // width)
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    parts = []
-    for s in range(0, len(rows), per_pass):
-        batch = rows[s:s + per_pass]
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, row in enumerate(batch):
-            ids[i, width - len(row):], mask[i, width - len(row):] = row, 1
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        with lm.lock, torch.inference_mode():
-            out = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
-                           position_ids=positions.to(lm.device), logits_to_keep=n_answer + 1)
-        parts.append(out.logits[:, :-1].float())
-    return torch.cat(parts)
+    """Logits predicting the last ``n_answer`` tokens of each row: ``[rows, n_answer, V]``.
+
+    Rows are packed longest first: each pack is a trunk (its longest row) and the tails of the rows
+    that fit in ``REASONING_PACK_TOKENS`` tokens."""
+    order = sorted(range(len(rows)), key=lambda r: -len(rows[r]))
+    logits: list[torch.Tensor | None] = [None] * len(rows)
+    while order:
+        trunk, members = order.pop(0), []
+        size = len(rows[trunk])
+        while order and size + len(rows[order[0]]) - _common_prefix(rows[order[0]], rows[trunk]) \
+                <= REASONING_PACK_TOKENS:
+            size += len(rows[order[0]]) - _common_prefix(rows[order[0]], rows[trunk])
+            members.append(order.pop(0))
+        for row, value in zip([trunk, *members], _tree_logits(lm, rows[trunk], [rows[m] for m in members], n_answer)):
+            logits[row] = value
+    return torch.stack(logits)
+
+
+def _common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
+    n = min(len(a), len(b))
+    differ = (a[:n] != b[:n]).nonzero()
+    return int(differ[0]) if len(differ) else n
+
+
+def _tree_logits(lm: LanguageModel, trunk: torch.Tensor, others: list[torch.Tensor], n_answer: int):
+    """One forward pass over ``trunk`` followed by each other row's tokens after its common prefix with
+    the trunk. A tail token attends to the trunk's first ``shared`` tokens and to its own tail up to
+    itself, at position ``shared + i``: exactly what it sees as a row of its own (causal attention).
+    Returns each row's (trunk first) logits at the positions that predict its last ``n_answer`` tokens."""
+    shared = [_common_prefix(row, trunk) for row in others]
+    tails = [row[j:] for row, j in zip(others, shared)]
+    size = len(trunk) + sum(len(t) for t in tails)
+    allowed = torch.zeros(size, size, dtype=torch.bool)
+    allowed[:len(trunk), :len(trunk)] = torch.ones(len(trunk), len(trunk), dtype=torch.bool).tril()
+    positions, wanted, offset = [torch.arange(len(trunk))], [], len(trunk)
+    wanted.append(torch.arange(len(trunk) - n_answer - 1, len(trunk) - 1))
+    for row, j, tail in zip(others, shared, tails):
+        m = len(tail)
+        allowed[offset:offset + m, :j] = True
+        allowed[offset:offset + m, offset:offset + m] = torch.ones(m, m, dtype=torch.bool).tril()
+        positions.append(j + torch.arange(m))
+        at = torch.arange(len(row) - n_answer - 1, len(row) - 1)      # positions in the row's own frame
+        wanted.append(torch.where(at < j, at, offset + at - j))
+        offset += m
+    dtype = lm.model.dtype
+    mask = torch.zeros(size, size, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    ids = torch.cat([trunk, *tails])
+    keep = torch.cat(wanted)
+    with lm.lock, torch.inference_mode():
+        out = lm.model(input_ids=ids[None].to(lm.device), attention_mask=mask[None, None].to(lm.device),
+                       position_ids=torch.cat(positions)[None].to(lm.device), logits_to_keep=keep.to(lm.device))
+    return out.logits[0].float().split(n_answer)
 
 
 # ================================================================================== entropy x varentropy
