@@ -273,6 +273,17 @@ def test_reasoning_entropy_in_several_passes_equals_one(lm, monkeypatch):
     assert len(one.marked) <= 1
 
 
+def test_tree_packed_pass_equals_separate_passes_for_any_overlap(lm):
+    a, b, c, d = (lm.encode(t) for t in ("The cat sat", " on the mat", " under a tree", "Dogs bark loudly"))
+    trunk = torch.cat([a, b])
+    others = [a, torch.cat([a, c]), d, trunk.clone()]   # a prefix of the trunk, a fork, nothing shared, equal
+    packed = lens_tools._tree_logits(lm, trunk, others, n_answer=2)
+    for row, logits in zip([trunk, *others], packed):
+        with torch.inference_mode():
+            expected = lm.model(row[None]).logits[0, -3:-1]
+        torch.testing.assert_close(logits, expected, atol=2e-4, rtol=1e-4)
+
+
 def test_split_steps_and_reasoning_bad_input(lm):
     chain = "First, 4 * 2 = 8. Then 3 + 8 = 11!\n\nSo the answer is 11."
     assert split_steps(chain) == ["First, 4 * 2 = 8. Then 3 + 8 = 11!", "So the answer is 11."]
