@@ -36,7 +36,7 @@ def test_results_are_derived_from_the_cached_trace(scored_study):
     study.temperature = 2.0
     hot = study.scored()
     assert hot is study.scored(), "the trace at a temperature is cached"
-    assert hot is study.temperature_grid()[2.0] and len(study.temperature_grid()) == len(TEMPERATURE_GRID)
+    assert hot is study.temperature_grid()[2.0][0] and len(study.temperature_grid()) == len(TEMPERATURE_GRID)
     study.temperature = 2.01
     torch.testing.assert_close(study.scored().entropy, trace.at_temperature(2.01).entropy)
     study.temperature = 2.0

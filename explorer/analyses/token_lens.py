@@ -133,13 +133,13 @@ class TokenLensAnalysis(Analysis):
         return self.language_model().attention_entropy(self.trace(), progress=progress)
 
     @result("trace", heavy=True)
-    def temperature_grid(self, progress: Progress | None = None) -> dict[float, TokenTrace]:
-        """The trace with its measures computed at every temperature of the slider (a move is a lookup)."""
+    def temperature_grid(self, progress: Progress | None = None) -> dict[float, tuple[TokenTrace, pd.DataFrame]]:
+        """The trace with its measures and its token table at every temperature of the slider (a move
+        is then a lookup)."""
         trace, grid = self.trace(), {}
         for done, t in enumerate(TEMPERATURE_GRID):
             scored = trace.at_temperature(t)
-            scored.entropy  # noqa: B018 - computes the measures now, in the job
-            grid[t] = scored
+            grid[t] = (scored, scored.to_frame(decode=self.decode))
             if progress is not None and done % 10 == 0:
                 progress.update(done, len(TEMPERATURE_GRID), f"measures at T = {t:g}")
         return grid
@@ -148,15 +148,18 @@ class TokenLensAnalysis(Analysis):
     @result("trace", "temperature")
     def scored(self) -> TokenTrace:
         """The trace at the display temperature (from the grid when it is on it)."""
+        grid = self._grid_entry()
+        return grid[0] if grid is not None else self.trace().at_temperature(round(float(self.temperature), 4))
+
+    def _grid_entry(self) -> tuple[TokenTrace, pd.DataFrame] | None:
         t = round(float(self.temperature), 4)
-        if t in TEMPERATURE_GRID and self.is_cached("temperature_grid"):
-            return self.temperature_grid()[t]
-        return self.trace().at_temperature(t)
+        return self.temperature_grid()[t] if t in TEMPERATURE_GRID and self.is_cached("temperature_grid") else None
 
     @result("scored", "window")
     def frame(self) -> pd.DataFrame:
         """One row per token with every measure at the display temperature and the rolling means."""
-        frame = self.scored().to_frame(decode=self.decode)
+        grid = self._grid_entry()
+        frame = grid[1].copy() if grid is not None else self.scored().to_frame(decode=self.decode)
         for column in ("entropy", "surprisal", "varentropy"):
             frame[f"{column}_rolling"] = frame[column].rolling(self.window, min_periods=1).mean()
         return frame

@@ -404,6 +404,28 @@ class LanguageModel:
         return torch.cat(pooled, dim=1)
 
 
+    # ----------------------------------------------------------------- the lens, deeper (explorer.models.lens_tools)
+    def logit_lens(self, trace, temperature: float | None = None, layers=None, **options):
+        """Every layer decoded through the final norm and the head: see :func:`lens_tools.logit_lens`."""
+        from explorer.models import lens_tools
+
+        return lens_tools.logit_lens(self, trace, temperature=temperature, layers=layers, **options)
+
+    def branch(self, trace, position: int, k: int = 8, max_new_tokens: int = 32, seed: int = 0,
+               decoding: str | LogitsRule = "none", temperature: float = 1.0, **rule_settings):
+        """k continuations from the prefix before ``position``: see :func:`lens_tools.branch`."""
+        from explorer.models import lens_tools
+
+        return lens_tools.branch(self, trace, position, k, max_new_tokens, seed=seed, decoding=decoding,
+                                 temperature=temperature, **rule_settings)
+
+    def reasoning_entropy(self, question: str, steps, answer: str, **options):
+        """The answer's entropy given the first k reasoning steps: see :func:`lens_tools.reasoning_entropy`."""
+        from explorer.models import lens_tools
+
+        return lens_tools.reasoning_entropy(self, question, steps, answer, **options)
+
+
 def _pool(states: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
     """``[b, tokens, hidden] -> [b, hidden]``: masked mean, or the last unmasked token (right padding)."""
     if pooling == "last":
