@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from explorer.kernels import conformal as cp
-from explorer.peers import mapie_split_sets
+from bench.peers import mapie_split_sets
 
 warnings.filterwarnings("ignore")
 

@@ -11,7 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from explorer.kernels import conformal as cp
-from explorer.peers import mapie_split_sets
+from bench.peers import mapie_split_sets
 
 
 def simulated(n: int, num_classes: int, seed: int, sharpness: float = 2.0):
