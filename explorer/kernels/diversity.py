@@ -13,8 +13,6 @@ neural network representations during training using noise-resilient diffusion s
 from __future__ import annotations
 
 import math
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -70,40 +68,22 @@ def _resolved_sigma(X: torch.Tensor, kernel: Kernel, sigma: float | None) -> flo
 
 
 # ------------------------------------------------------------------------------------- eigen solver
-SOLVERS = ("scipy", "torch")
-#: First guess on a CPU: torch (MKL) above this size, scipy (OpenBLAS) below. One-thread CPU times on the
-#: 2-core dev machine: scipy 1.7x faster at n = 1,000, equal at 2,000, torch 1.4x faster at 3,000.
+#: CPU eigensolver by size: scipy (OpenBLAS) up to this n, torch (MKL) above. Where they cross on the 2-core
+#: dev machine: one-thread CPU times equal at n = 2,000 (0.40 vs 0.45 s), scipy 1.7x faster at 1,000, torch
+#: 1.4x faster at 3,000; two threads (quiet, issue 10): scipy 2x faster at 600, torch 1.56x at 5,000.
+#: A fixed rule keeps results bit-for-bit repeatable in a process; ``bench_vendi.py`` re-measures the crossing.
 TORCH_ABOVE = 2000
-_SOLVER_SECONDS: dict[tuple[int, str], float] = {}  # (half-octave of n, solver) -> best seconds / n^3
-_SOLVER_LOCK = threading.Lock()
-
-
-def _size_bucket(n: int) -> int:
-    return round(2 * math.log2(max(n, 2)))
 
 
 def cpu_solver(n: int) -> str:
-    """"scipy" or "torch" for an ``n x n`` spectrum on this CPU, learnt at the real sizes: in each
-    half-octave of n the first call uses the guess (:data:`TORCH_ABOVE`), the second the other solver,
-    and every later call the one that took less time per n^3. No extra work is ever done to time them."""
-    bucket = _size_bucket(n)
-    guess = "torch" if n > TORCH_ABOVE else "scipy"
-    with _SOLVER_LOCK:
-        seconds = {name: _SOLVER_SECONDS.get((bucket, name)) for name in SOLVERS}
-    untried = [name for name in (guess, *SOLVERS) if seconds[name] is None]
-    return untried[0] if untried else min(SOLVERS, key=seconds.get)
-
-
-def _record(n: int, solver: str, seconds: float) -> None:
-    key = (_size_bucket(n), solver)
-    with _SOLVER_LOCK:
-        _SOLVER_SECONDS[key] = min(_SOLVER_SECONDS.get(key, math.inf), seconds / max(n, 2) ** 3)
+    """"scipy" or "torch" for an ``n x n`` symmetric spectrum on a CPU (see :data:`TORCH_ABOVE`)."""
+    return "torch" if n > TORCH_ABOVE else "scipy"
 
 
 def symmetric_eigenvalues(M: torch.Tensor, dtype: torch.dtype = torch.float64, overwrite: bool = False) -> torch.Tensor:
     """Eigenvalues (ascending, float64) of a symmetric matrix computed in ``dtype``, on ``M``'s device.
 
-    CPU: scipy's LAPACK or torch's, whichever :func:`cpu_solver` picks for the size; scipy reads the
+    CPU: scipy's LAPACK or torch's, as :func:`cpu_solver` picks for the size; scipy reads the
     transposed view (Fortran order: no copy), and overwrites ``M`` when ``overwrite`` (the caller's
     own scratch matrix). GPU: ``torch.linalg.eigvalsh`` with a CPU fallback when it fails."""
     converted = M.dtype != dtype
@@ -113,16 +93,10 @@ def symmetric_eigenvalues(M: torch.Tensor, dtype: torch.dtype = torch.float64, o
             return torch.linalg.eigvalsh(M).double()
         except RuntimeError:
             return symmetric_eigenvalues(M.cpu(), dtype, overwrite=True).to(M.device)
-    n = M.shape[0]
-    solver = cpu_solver(n)
-    start = time.perf_counter()
-    if solver == "scipy":
-        values = torch.from_numpy(scipy.linalg.eigvalsh(M.numpy().T, overwrite_a=overwrite or converted,
-                                                        check_finite=False))
-    else:
-        values = torch.linalg.eigvalsh(M)
-    _record(n, solver, time.perf_counter() - start)
-    return values.double()
+    if cpu_solver(M.shape[0]) == "torch":
+        return torch.linalg.eigvalsh(M).double()
+    return torch.from_numpy(scipy.linalg.eigvalsh(M.numpy().T, overwrite_a=overwrite or converted,
+                                                  check_finite=False)).double()
 
 
 def round_off_tolerance(values: torch.Tensor, n: int, dtype: torch.dtype = torch.float64) -> float:
