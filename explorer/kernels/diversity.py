@@ -515,7 +515,7 @@ def diffusion_eigenvalues(X: torch.Tensor, sigma: float) -> torch.Tensor:
     computed as those of the symmetric ``D^-1/2 G D^-1/2`` (float64)."""
     G = pairwise_kernel(X.double(), X.double(), "rbf", sigma)
     root = G.sum(1).rsqrt()
-    return symmetric_eigenvalues(G * root[:, None] * root[None, :])
+    return symmetric_eigenvalues(G.mul_(root[:, None]).mul_(root[None, :]), overwrite=True)
 
 
 def dse_from_eigenvalues(eigenvalues: torch.Tensor, t: float = 1.0) -> float:
