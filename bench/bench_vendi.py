@@ -1,6 +1,7 @@
 """Vendi score: ours vs the vendi_score package and vs a bare eigensolver, side by side in one process.
 
     python bench/bench_vendi.py [--quick] [--device cpu|cuda]   # the run_all cases as a table
+    python bench/bench_vendi.py --only exact|crossing|float32|cosine|nystrom   # one part
     python bench/bench_vendi.py --only slider                    # server-side q/t slider moves (Panel)
 
 Cases (``run``): exact RBF Vendi at n = 2,000, 3,000, 5,000 end to end (kernel included for ours) against
@@ -113,19 +114,23 @@ def nystrom(n: int, landmarks: int, device: str) -> list[dict]:
                    f"{approx.vendi_upper_bound():.2f} vs exact {exact.vendi():.2f}")]
 
 
+def parts(device: str, quick: bool) -> dict:
+    """The cases of ``run`` by name (``--only`` picks one)."""
+    return {
+        "exact": lambda: [row for n in (2_000, 3_000, 5_000) for row in exact_rbf(n, device)],
+        "crossing": lambda: solver_crossing([1_000, 1_500] if quick else [1_000, 1_500, 2_500, 4_000])
+        if device == "cpu" else [],
+        "float32": lambda: float32_spectrum(3_000, 3.0, device),
+        "cosine": lambda: cosine_dual(10_000 if quick else 100_000, device),
+        "nystrom": lambda: nystrom(2_000 if quick else 10_000, 500 if quick else 1_000, device),
+    }
+
+
 def run(device: str = "cpu", quick: bool = False) -> list[dict]:
     if no_cuda(device):
         return []
     torch.set_grad_enabled(False)
-    rows = []
-    for n in (2_000, 3_000, 5_000):
-        rows += exact_rbf(n, device)
-    if device == "cpu":
-        rows += solver_crossing([1_000, 1_500] if quick else [1_000, 1_500, 2_500, 4_000])
-    rows += float32_spectrum(3_000, 3.0, device)
-    rows += cosine_dual(10_000 if quick else 100_000, device)
-    rows += nystrom(2_000 if quick else 10_000, 500 if quick else 1_000, device)
-    return rows
+    return [row for part in parts(device, quick).values() for row in part()]
 
 
 def slider_move_latency(moves: int = 16) -> None:
@@ -173,13 +178,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--only", choices=["slider"], help="the server-side slider latency instead of the table")
+    parser.add_argument("--only", choices=["slider", *parts("cpu", True)],
+                        help="one part; slider: the server-side slider latency (Panel), not in the table")
     args = parser.parse_args()
     if args.only == "slider":
         slider_move_latency()
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(table(run(args.device, args.quick)))
+    if no_cuda(args.device):
+        print("no CUDA device")
+        return
+    torch.set_grad_enabled(False)
+    chosen = parts(args.device, args.quick)
+    print(table([row for name, part in chosen.items() if args.only in (None, name) for row in part()]))
 
 
 if __name__ == "__main__":
