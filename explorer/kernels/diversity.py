@@ -107,6 +107,13 @@ def round_off_tolerance(values: torch.Tensor, n: int, dtype: torch.dtype = torch
     return n * torch.finfo(dtype).eps * float(values.abs().max()) if values.numel() else 0.0
 
 
+def _zero_round_off(values: torch.Tensor, n: int, dtype: torch.dtype = torch.float64,
+                    cut: float | None = None) -> torch.Tensor:
+    """``values`` with those at or below ``cut`` (default: :func:`round_off_tolerance`) set to 0, negatives too."""
+    cut = round_off_tolerance(values, n, dtype) if cut is None else cut
+    return torch.where(values > cut, values, 0.0)
+
+
 # ---------------------------------------------------------------------------------------- spectrum
 @dataclass(frozen=True)
 class Spectrum:
@@ -114,7 +121,7 @@ class Spectrum:
     they give. ``exact`` is False for Nystrom spectra (:class:`NystromSpectrum`); ``error`` then
     estimates the relative error of the order-1 Vendi score."""
 
-    eigenvalues: torch.Tensor  # float64, descending, sum 1, round-off of zero set to exactly 0
+    eigenvalues: torch.Tensor  # float64, descending, sum 1 (up to round-off), round-off of zero set to 0
     n: int
     exact: bool = True
     error: float = 0.0
@@ -162,8 +169,8 @@ class Spectrum:
             change = float(torch.where(low > 0, slope.clamp_max(fannes), fannes).sum())
         else:
             if q < 1:
-                steps = torch.where(low > 0, torch.minimum(q * low.clamp_min(1e-300) ** (q - 1) * delta,
-                                                           torch.tensor(delta ** q)), delta ** q)
+                slope = q * low.clamp_min(1e-300) ** (q - 1) * delta
+                steps = torch.where(low > 0, slope.clamp_max(delta ** q), delta ** q)
             else:
                 steps = q * high ** (q - 1) * delta
             total, moved = float((lam[lam > 0] ** q).sum()), float(steps.sum())
@@ -196,10 +203,9 @@ def _normalised(values: torch.Tensor, n: int | None = None, dtype: torch.dtype =
     or those at or below ``tolerance`` (in units of the normalised eigenvalues)."""
     values = values.double().sort(descending=True).values
     if tolerance is not None:
-        cut = tolerance * trace
+        values = _zero_round_off(values, 0, cut=tolerance * trace)
     else:
-        cut = round_off_tolerance(values, n, dtype) if n is not None else 0.0
-    values = torch.where(values > cut, values, 0.0)
+        values = _zero_round_off(values, n, dtype) if n is not None else values.clamp_min(0)
     return values / (values.sum() if trace is None else trace)
 
 
@@ -391,11 +397,6 @@ def _with_flat_tail(top: torch.Tensor, n: int, trace: float) -> torch.Tensor:
     return _normalised(torch.cat([top, tail]))
 
 
-def _without_round_off(values: torch.Tensor, n: int) -> torch.Tensor:
-    """Eigenvalues of an ``n x n`` float64 problem with negatives and :func:`round_off_tolerance` set to 0."""
-    return torch.where(values > round_off_tolerance(values, n), values, 0.0)
-
-
 def _kernel_diagonal(X: torch.Tensor, kernel: Kernel, sigma: float | None) -> torch.Tensor:
     if kernel == "rbf":
         return torch.ones(X.shape[0], dtype=torch.float64, device=X.device)
@@ -436,7 +437,7 @@ def nystrom_spectrum(X: torch.Tensor, kernel: Kernel, sigma: float | None, landm
     chosen = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:m].to(X.device)
     M = _nested_nystrom_gram(X, kernel, sigma, chosen, weights)
     levels = tuple(sorted({max(2, round(m * f)) for f in NYSTROM_LEVELS}))
-    level_eigenvalues = tuple(_without_round_off(symmetric_eigenvalues(M[:k, :k].clone(), overwrite=True), k)
+    level_eigenvalues = tuple(_zero_round_off(symmetric_eigenvalues(M[:k, :k].clone(), overwrite=True), k)
                               for k in levels)
     spectrum = NystromSpectrum(_with_flat_tail(level_eigenvalues[-1], n, trace), n, exact=False,
                                method=f"nystrom m={m}, extrapolated", levels=levels,
@@ -475,7 +476,8 @@ def vendi_score(X: torch.Tensor | None = None, *, K: torch.Tensor | None = None,
     that is shown to 4 significant digits: for q > 1 an n x n spectrum is computed in float32 and kept
     when its error bound (:meth:`Spectrum.vendi_error`) is below :data:`DISPLAY_RELATIVE_ERROR`, else
     recomputed in float64; q <= 1 uses float64 (its bound grows like ``n delta log(1/delta)`` and stays
-    above the display precision at the sizes where float32 would save time). Source: Friedman and Dieng 2023; formulas.md section 4."""
+    above the display precision at the sizes where float32 would save time).
+    Source: Friedman and Dieng 2023; formulas.md section 4."""
     if (X is None) == (K is None):
         raise ValueError("pass exactly one of X or K")
     if q < 0:
@@ -522,9 +524,7 @@ def dse_from_eigenvalues(eigenvalues: torch.Tensor, t: float = 1.0) -> float:
     """``mu_i = |lambda_i|^t / sum_j |lambda_j|^t``; DSE = ``-sum mu_i log2 mu_i`` bits, in [0, log2 n].
     Eigenvalues at or below :func:`round_off_tolerance` (float64, n = their number) count as 0: with t < 1
     the ``|1e-16|^t`` of round-off would otherwise add real mass."""
-    magnitude = eigenvalues.double().abs()
-    magnitude = torch.where(magnitude > round_off_tolerance(magnitude, len(magnitude)), magnitude, 0.0)
-    powered = magnitude ** t
+    powered = _zero_round_off(eigenvalues.double().abs(), len(eigenvalues)) ** t
     mu = powered / powered.sum()
     mu = mu[mu > 0]
     return float(-(mu * mu.log2()).sum())
