@@ -327,12 +327,12 @@ def _prefixes(probs: Tensor, threshold: Tensor | float, method: str, u: Tensor |
     other rows are redone with 4k labels, up to a full stable sort. ``first`` is the initial k
     (default: 1.25 x the 95th percentile of the set sizes of 256 fully sorted sample rows, + 8)."""
     n, num_classes = probs.shape
-    bound = set_bound(threshold, method, num_classes, probs)
     if first is None:
         sample = torch.linspace(0, max(n - 1, 0), min(n, 256), device=probs.device).long()
         sample_scores = _scores_in_rank_order(probs[sample].sort(dim=1, descending=True, stable=True).values, method,
                                               None if u is None else u[sample], lam, k_reg)
-        first = int(1.25 * float((sample_scores <= bound).sum(1).double().quantile(0.95))) + 8 if n else 1
+        sample_sizes = admitted(sample_scores, threshold, method, num_classes).sum(1).double()
+        first = int(1.25 * float(sample_sizes.quantile(0.95))) + 8 if n else 1
     k = max(1, min(first, num_classes))
     pending = None  # all rows
     while pending is None or pending.numel():
@@ -340,7 +340,7 @@ def _prefixes(probs: Tensor, threshold: Tensor | float, method: str, u: Tensor |
         rows = torch.arange(n, device=probs.device) if pending is None else pending
         values, top = _top_in_rank_order(part, k)
         scores = _scores_in_rank_order(values, method, None if u is None else u[rows], lam, k_reg)
-        sizes = (scores <= bound).sum(1)
+        sizes = admitted(scores, threshold, method, num_classes).sum(1)
         if k >= num_classes:
             yield rows, sizes, top
             return
