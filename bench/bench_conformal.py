@@ -95,8 +95,12 @@ def sets_vs_mapie(probs, labels, device: str) -> list[dict]:
             error = abs(coverage(ours, test_labels) - coverage(theirs, test_labels))
             note = (f"coverage ours {coverage(ours, test_labels):.4f}, MAPIE {coverage(theirs, test_labels):.4f} "
                     f"(target {1 - ALPHA:g}); aim ratio >= 5")
-        rows.append(result(BENCH, f"{method.upper()} calibrate + sets, {len(labels):,} x {probs.shape[1]:,} ({device})",
-                           ours_s, "MAPIE 1.6 SplitConformalClassifier", mapie_s, error, f"{note}; {sizes}"))
+        case = f"{method.upper()} calibrate + sets, {len(labels):,} x {probs.shape[1]:,} ({device})"
+        rows.append(result(BENCH, case, ours_s, "MAPIE 1.6 SplitConformalClassifier", mapie_s, error, f"{note}; {sizes}"))
+        if device != "cpu":  # the same code on the CPU
+            cpu_s, on_cpu = timed(lambda: our_sets(probs, labels, n_cal, ALPHA, method, torch.Generator().manual_seed(0)))
+            rows.append(result(BENCH, case, ours_s, "ours on CPU", cpu_s, float((on_cpu.numpy() != ours).mean()),
+                               "error: share of cells whose membership differs"))
     return rows
 
 
