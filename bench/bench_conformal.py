@@ -1,26 +1,35 @@
 """Conformal sets at scale: ours vs MAPIE 1.6 SplitConformalClassifier (prefit) on the same softmax.
 
-    python bench/bench_conformal.py [--rows 50000] [--classes 1000] [--device cpu]
+    python bench/bench_conformal.py [--quick] [--rows 50000] [--classes 1000] [--device cpu|cuda]
 
 Synthetic softmax outputs (rows x classes, float64), half calibration, half test. For LAC, APS
-(randomised) and RAPS (with the paper's tuning on 20% of the calibration rows), times
-"calibrate + sets" for both libraries and prints the ratio; LAC sets are checked to be identical.
-Then times a new alpha on cached sorted scores (order-statistic lookup + recount).
+(randomised) and RAPS (with the paper's tuning on 20% of the calibration rows), times "calibrate + sets"
+for both libraries (ratio = MAPIE / ours; aim >= 5x for APS and RAPS at 50,000 x 1,000). Error: LAC, the
+share of (row, label) cells where the sets differ (MAPIE admits scores up to qhat + 1e-8; the labels it
+adds beyond ours are checked to lie within that); APS/RAPS, the difference in test coverage (both draw
+their own U, so the randomised sets differ cell by cell by design). Then a new alpha on cached sorted
+scores (order-statistic lookup + recount) against recomputing the sets from the probabilities.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from explorer.kernels import conformal as cp
-from explorer.peers import mapie_split_sets
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/bench_conformal.py` finds bench.*
+
+from bench.common import no_cuda, result, table, timed  # noqa: E402
+from bench.peers import mapie_split_sets  # noqa: E402
+from explorer.kernels import conformal as cp  # noqa: E402
 
 warnings.filterwarnings("ignore")
+BENCH = "conformal"
+ALPHA = 0.1
 
 
 def synthetic(rows: int, classes: int, seed: int = 0):
@@ -29,15 +38,6 @@ def synthetic(rows: int, classes: int, seed: int = 0):
     probs = torch.softmax(logits, dim=1)
     labels = torch.multinomial(probs, 1, generator=generator).squeeze(1)
     return probs, labels
-
-
-def timed(function, repeats: int = 1):
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = function()
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 def mapie_sets(probs: np.ndarray, labels: np.ndarray, n_cal: int, alpha: float, score: str):
@@ -59,76 +59,100 @@ def our_sets(probs, labels, n_cal: int, alpha: float, method: str, generator):
     return cp.prediction_sets(test, qhat, method, u=None if u is None else u[n_cal:], lam=lam, k_reg=k_reg)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=50_000)
-    parser.add_argument("--classes", type=int, default=1_000)
-    parser.add_argument("--alpha", type=float, default=0.1)
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
-    torch.set_grad_enabled(False)
-    probs, labels = synthetic(args.rows, args.classes)
-    n_cal = args.rows // 2
-    probs_np, labels_np = probs.numpy(), labels.numpy()
-    probs, labels = probs.to(args.device), labels.to(args.device)
-    print(f"{args.rows:,} x {args.classes:,} softmax (float64), {n_cal:,} calibration rows, alpha={args.alpha}, "
-          f"device={args.device}, torch threads={torch.get_num_threads()}")
-    for method in ("lac", "aps", "raps"):  # warm-up: imports and first-call costs of both libraries
-        small_p, small_y = synthetic(400, 10, seed=1)
-        mapie_sets(small_p.numpy(), small_y.numpy(), 200, args.alpha, method)
-        our_sets(small_p.to(args.device), small_y.to(args.device), 200, args.alpha, method, torch.Generator())
-    print(f"{'method':<8}{'ours (s)':>10}{'MAPIE (s)':>11}{'MAPIE/ours':>12}{'ours size':>11}{'MAPIE size':>12}")
-    for method in ("lac", "aps", "raps"):
-        ours_s, ours = timed(lambda: our_sets(probs, labels, n_cal, args.alpha, method,
-                                              torch.Generator().manual_seed(0)), repeats=2)
-        mapie_s, theirs = timed(lambda: mapie_sets(probs_np, labels_np, n_cal, args.alpha, method))
-        if method == "lac":
-            lac_extra = lac_difference(ours.cpu().numpy(), theirs, probs_np[n_cal:], probs[:n_cal], labels[:n_cal],
-                                       args.alpha)
-        print(f"{method:<8}{ours_s:>10.3f}{mapie_s:>11.3f}{mapie_s / ours_s:>12.1f}"
-              f"{float(ours.sum(1).double().mean()):>11.2f}{theirs.sum(1).mean():>12.2f}")
-    print(lac_extra)
-
-    print("\nNew alpha on cached sorted scores (per-row ranks and calibration order computed once):")
-    for method in ("lac", "aps"):
-        u = torch.rand(args.rows, generator=torch.Generator().manual_seed(1), dtype=probs.dtype).to(probs.device)
-        u = None if method == "lac" else u
-        prep_s, cached = timed(lambda: prepare(probs, labels, n_cal, method, u))
-        ranked_test, sorted_cal, true_test = cached
-        times = []
-        for alpha in np.linspace(0.01, 0.3, 30):
-            seconds, _ = timed(lambda: new_alpha(ranked_test, sorted_cal, true_test, float(alpha)), repeats=3)
-            times.append(seconds)
-        direct_s, _ = timed(lambda: our_sets(probs, labels, n_cal, args.alpha, method,
-                                             torch.Generator().manual_seed(0)))
-        print(f"  {method}: one-off sort+cumsum {prep_s * 1e3:.0f} ms; per new alpha median "
-              f"{np.median(times) * 1e3:.1f} ms (max {max(times) * 1e3:.1f} ms) vs {direct_s * 1e3:.0f} ms "
-              f"recomputing from probabilities: {direct_s / np.median(times):.0f}x")
-
-
-def lac_difference(ours, theirs, test_probs, cal_probs, cal_labels, alpha) -> str:
+def lac_difference(ours, theirs, test_probs, cal_probs, cal_labels, alpha) -> tuple[float, str]:
     """LAC: MAPIE's sets contain ours; any extra label lies within MAPIE's 1e-8 tolerance above qhat."""
     assert np.all(theirs | ~ours), "a label in our LAC set is missing from MAPIE's"
     extra = theirs & ~ours
     qhat = float(cp.calibrate(cal_probs, cal_labels, alpha, "lac"))
     excess = (1 - test_probs[extra]) - qhat
     assert np.all((excess > 0) & (excess <= 1e-8)), "MAPIE added a label beyond its tolerance"
-    return (f"LAC: identical sets except {int(extra.sum())} of {extra.size:,} (row, label) entries that MAPIE adds "
-            f"because it includes scores up to qhat + 1e-8 (max excess {excess.max() if extra.any() else 0:.1e}).")
+    return float(extra.mean()), (f"identical sets except {int(extra.sum())} cells MAPIE adds within its qhat + 1e-8 "
+                                 f"tolerance (max excess {excess.max() if extra.any() else 0:.1e})")
 
 
-def prepare(probs, labels, n_cal, method, u):
-    ranked = cp.rank_scores(probs, method, u=u)
-    label_order = torch.empty_like(ranked.scores).scatter_(1, ranked.labels, ranked.scores)
-    true = cp.true_label_scores(label_order, labels)
-    return ranked.scores[n_cal:], true[:n_cal].sort().values, true[n_cal:]
+def coverage(sets: np.ndarray, labels: np.ndarray) -> float:
+    return float(sets[np.arange(len(labels)), labels].mean())
 
 
-def new_alpha(ranked_test, sorted_cal, true_test, alpha):
-    qhat = cp.order_statistic(sorted_cal, alpha)
-    sizes = cp.set_sizes_from_ranked(ranked_test, qhat)
-    coverage = (true_test <= qhat).double().mean()
-    return float(coverage), float(sizes.double().mean())
+def sets_vs_mapie(probs, labels, device: str) -> list[dict]:
+    n_cal = len(labels) // 2
+    probs_np, labels_np = probs.numpy(), labels.numpy()
+    test_labels = labels_np[n_cal:]
+    on_device, labels_on_device = probs.to(device), labels.to(device)
+    small_p, small_y = synthetic(400, 10, seed=1)
+    rows = []
+    for method in ("lac", "aps", "raps"):
+        mapie_sets(small_p.numpy(), small_y.numpy(), 200, ALPHA, method)  # warm-up: imports, first calls
+        our_sets(small_p.to(device), small_y.to(device), 200, ALPHA, method, torch.Generator())
+        ours_s, ours = timed(lambda: our_sets(on_device, labels_on_device, n_cal, ALPHA, method,
+                                              torch.Generator().manual_seed(0)), repeats=2, device=device)
+        mapie_s, theirs = timed(lambda: mapie_sets(probs_np, labels_np, n_cal, ALPHA, method))
+        ours = ours.cpu().numpy()
+        sizes = f"mean size ours {ours.sum(1).mean():.2f}, MAPIE {theirs.sum(1).mean():.2f}"
+        if method == "lac":
+            error, note = lac_difference(ours, theirs, probs_np[n_cal:], probs[:n_cal], labels[:n_cal], ALPHA)
+        else:
+            error = abs(coverage(ours, test_labels) - coverage(theirs, test_labels))
+            note = (f"coverage ours {coverage(ours, test_labels):.4f}, MAPIE {coverage(theirs, test_labels):.4f} "
+                    f"(target {1 - ALPHA:g}); aim ratio >= 5")
+        case = f"{method.upper()} calibrate + sets, {len(labels):,} x {probs.shape[1]:,} ({device})"
+        rows.append(result(BENCH, case, ours_s, "MAPIE 1.6 SplitConformalClassifier", mapie_s, error, f"{note}; {sizes}"))
+        if device != "cpu":  # the same code on the CPU
+            cpu_s, on_cpu = timed(lambda: our_sets(probs, labels, n_cal, ALPHA, method, torch.Generator().manual_seed(0)))
+            rows.append(result(BENCH, case, ours_s, "ours on CPU", cpu_s, float((on_cpu.numpy() != ours).mean()),
+                               "error: share of cells whose membership differs"))
+    return rows
+
+
+def new_alpha(probs, labels, device: str) -> list[dict]:
+    """A move of alpha on cached sorted scores against recomputing the sets from the probabilities."""
+    n_cal = len(labels) // 2
+    probs, labels = probs.to(device), labels.to(device)
+    rows = []
+    for method in ("lac", "aps"):
+        u = None if method == "lac" else torch.rand(len(labels), generator=torch.Generator().manual_seed(1),
+                                                    dtype=probs.dtype).to(device)
+        ranked = cp.rank_scores(probs, method, u=u)
+        true = cp.ranked_true_scores(ranked, labels)
+        ranked_test, sorted_cal, true_test = ranked.scores[n_cal:], true[:n_cal].sort().values, true[n_cal:]
+        num_classes = probs.shape[1]
+
+        def lookup(alpha):
+            qhat = cp.order_statistic(sorted_cal, alpha)
+            return cp.set_sizes_from_ranked(ranked_test, qhat, method), cp.admitted(true_test, qhat, method,
+                                                                                   num_classes)
+
+        alphas = np.linspace(0.01, 0.3, 10)
+        lookup_s = np.median([timed(lambda: lookup(float(a)), repeats=3, device=device)[0] for a in alphas])
+        direct_s, direct = timed(lambda: our_sets(probs, labels, n_cal, 0.3, method, torch.Generator().manual_seed(0))
+                                 if method == "lac" else cp.prediction_sets(
+                                     probs[n_cal:], cp.order_statistic(sorted_cal, 0.3), method, u=u[n_cal:]),
+                                 device=device)
+        sizes, _ = lookup(0.3)
+        error = float((sizes.cpu() != direct.sum(1).cpu()).double().mean())
+        rows.append(result(BENCH, f"{method.upper()} new alpha on cached sorted scores ({device})", float(lookup_s),
+                           "sets recomputed from the probabilities (ours)", direct_s, error,
+                           "median over 10 alphas; error = share of rows whose set size differs"))
+    return rows
+
+
+def run(device: str = "cpu", quick: bool = False, rows: int = 50_000, classes: int = 1_000) -> list[dict]:
+    if no_cuda(device):
+        return []
+    torch.set_grad_enabled(False)
+    probs, labels = synthetic(rows, classes)
+    return sets_vs_mapie(probs, labels, device) + new_alpha(probs, labels, device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rows", type=int, default=50_000)
+    parser.add_argument("--classes", type=int, default=1_000)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    print(f"torch threads {torch.get_num_threads()}")
+    print(table(run(args.device, args.quick, args.rows, args.classes)))
 
 
 if __name__ == "__main__":

@@ -1,29 +1,39 @@
 """entropy_sweep (exact and approx) against the naive per-temperature log_softmax and the peer
-torch.distributions.Categorical, side by side in one process.
+torch.distributions.Categorical, and token_statistics_sweep against token_statistics at every
+temperature, side by side in one process.
 
-Run: HF_HUB_OFFLINE=1 python bench/bench_entropy_sweep.py [--threads N] [--repeats R] [--source model|synthetic]
+Run: HF_HUB_OFFLINE=1 python bench/bench_entropy_sweep.py [--quick] [--device cpu|cuda] [--threads N]
+     [--repeats R] [--source model|synthetic]
 
-Workload of issue 2: 16 temperatures x 512 positions x 49,152 vocabulary (float32, CPU). The logits
+Workload of issue 2: 16 temperatures x 512 positions x 49,152 vocabulary (float32). The logits
 come from the default model (SmolLM2-135M-Instruct, vocabulary 49,152) scoring 512 tokens of the
-repository's own prose; ``--source synthetic`` uses LM-like random logits instead. Times are the best
-of ``--repeats`` interleaved runs; ratios are naive / ours. Errors are against the float64 entropy
-computed from the definition.
+repository's own prose; ``--source synthetic`` (and ``--quick``) uses LM-like random logits instead.
+Workload of the lens page's precomputed grid: entropy, surprisal and varentropy at 100 temperatures x
+256 positions x 49,152. Times are the best of ``--repeats`` interleaved runs; ratios are naive / ours.
+Errors are against float64 values computed from the definitions.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import time
+import sys
 from pathlib import Path
 
 import torch
 
-from explorer.kernels.entropy import entropy_sweep, sweep_error_bound
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `python bench/bench_entropy_sweep.py` finds bench.common
+
+from bench.common import interleaved, no_cuda, result, table  # noqa: E402
+from explorer.kernels.entropy import (  # noqa: E402
+    entropy_sweep, sweep_error_bound, token_statistics, token_statistics_sweep,
+)
+
+BENCH = "entropy"
 POSITIONS, VOCAB = 512, 49_152
 TEMPERATURES = torch.linspace(0.2, 3.0, 16)
+GRID_POSITIONS, GRID = 256, torch.linspace(0.05, 3.0, 100)  # the lens page's precomputed grid
 
 
 def naive(logits: torch.Tensor, temperatures: torch.Tensor) -> torch.Tensor:
@@ -71,45 +81,90 @@ def synthetic_logits() -> torch.Tensor:
     return logits
 
 
-def best_times(functions: dict, repeats: int) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    times = {name: float("inf") for name in functions}
-    results = {}
-    for _ in range(repeats):
-        for name, fn in functions.items():
-            start = time.perf_counter()
-            results[name] = fn()
-            times[name] = min(times[name], time.perf_counter() - start)
-    return times, results
+def statistics_per_temperature(logits, ids, temperatures) -> dict[str, torch.Tensor]:
+    """The naive way: token_statistics (one log-softmax) at each temperature."""
+    stats = [token_statistics(logits, ids, t, with_rank=False) for t in temperatures.tolist()]
+    return {name: torch.stack([s[name] for s in stats]) for name in ("entropy", "surprisal", "varentropy")}
+
+
+def statistics_reference(logits, ids, temperatures) -> dict[str, torch.Tensor]:
+    """Float64 entropy, surprisal and varentropy from the definitions."""
+    z = logits.double()
+    out = {"entropy": [], "surprisal": [], "varentropy": []}
+    for t in temperatures.tolist():
+        log_p = torch.log_softmax(z / t, dim=-1)
+        p = log_p.exp()
+        entropy = -torch.xlogy(p, p).sum(-1)
+        out["entropy"].append(entropy)
+        out["surprisal"].append(-log_p.gather(-1, ids.unsqueeze(-1)).squeeze(-1))
+        out["varentropy"].append((p * torch.where(p > 0, log_p + entropy.unsqueeze(-1), 0.0).square()).sum(-1))
+    return {name: torch.stack(values) for name, values in out.items()}
+
+
+def entropy_cases(logits: torch.Tensor, repeats: int, device: str, source: str) -> list[dict]:
+    z = logits.to(device)
+    functions = {
+        "naive": lambda: naive(z, TEMPERATURES),
+        "peer": lambda: categorical(z, TEMPERATURES),
+        "exact": lambda: entropy_sweep(z, TEMPERATURES, mode="exact"),
+        "approx": lambda: entropy_sweep(z, TEMPERATURES, mode="approx"),
+    }
+    times, values = interleaved(functions, repeats, device)
+    truth = reference(logits, TEMPERATURES)
+    error = {name: (value.double().cpu() - truth).abs().max().item() for name, value in values.items()}
+    bound = sweep_error_bound(z, TEMPERATURES).max().item()
+    size = f"{len(TEMPERATURES)} T x {logits.shape[0]} x {logits.shape[1]:,}, {source} logits ({device})"
+    naive_note = f"naive log_softmax per T: error {error['naive']:.1e}"
+    return [
+        result(BENCH, f"entropy_sweep exact, {size}", times["exact"], "naive log_softmax per T", times["naive"],
+               error["exact"], f"error vs float64; {naive_note}"),
+        result(BENCH, f"entropy_sweep exact, {size}", times["exact"], "torch.distributions.Categorical per T",
+               times["peer"], error["exact"], f"peer error {error['peer']:.1e}"),
+        result(BENCH, f"entropy_sweep approx, {size}", times["approx"], "naive log_softmax per T", times["naive"],
+               error["approx"], f"top-64 exact + 4,096 bins; stated bound {bound:.1e} nats"),
+    ]
+
+
+def statistics_grid_case(logits: torch.Tensor, repeats: int, device: str, source: str) -> list[dict]:
+    z = logits[:GRID_POSITIONS].to(device)
+    ids = torch.randint(0, z.shape[1], (z.shape[0],), generator=torch.Generator().manual_seed(0)).to(device)
+    functions = {"naive": lambda: statistics_per_temperature(z, ids, GRID),
+                 "ours": lambda: token_statistics_sweep(z, ids, GRID)}
+    times, values = interleaved(functions, repeats, device)
+    every = slice(None, None, 10)
+    truth = statistics_reference(logits[:GRID_POSITIONS], ids.cpu(), GRID[every])
+    error = max((values["ours"][name][every].double().cpu() - truth[name]).abs().max().item() for name in truth)
+    naive_error = max((values["naive"][name][every].double().cpu() - truth[name]).abs().max().item()
+                      for name in truth)
+    return [result(BENCH, f"token_statistics_sweep (H, surprisal, V), {len(GRID)} T x {z.shape[0]} x {z.shape[1]:,}, "
+                          f"{source} logits ({device})", times["ours"], "token_statistics per T", times["naive"], error,
+                   f"max error over the three vs float64 at every 10th T; naive {naive_error:.1e}")]
+
+
+def run(device: str = "cpu", quick: bool = False, source: str | None = None, repeats: int | None = None) -> list[dict]:
+    if no_cuda(device):
+        return []
+    torch.set_grad_enabled(False)
+    source = source or ("synthetic" if quick else "model")
+    repeats = repeats or (1 if quick else 3)
+    logits = model_logits() if source == "model" else synthetic_logits()
+    first = logits[:GRID_POSITIONS] if quick else logits  # quick: 256 positions, the same per-position work
+    return entropy_cases(first, repeats, device, source) + statistics_grid_case(logits, repeats, device, source)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--source", choices=["model", "synthetic"], default="model")
+    parser.add_argument("--repeats", type=int, default=0)
+    parser.add_argument("--source", choices=["model", "synthetic"], default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    logits = model_logits() if args.source == "model" else synthetic_logits()
-    print(f"logits {tuple(logits.shape)} from {args.source}; {len(TEMPERATURES)} temperatures "
-          f"{TEMPERATURES[0]:.1f}..{TEMPERATURES[-1]:.1f}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, "
-          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
-    functions = {
-        "naive log_softmax": lambda: naive(logits, TEMPERATURES),
-        "peer Categorical": lambda: categorical(logits, TEMPERATURES),
-        "ours exact": lambda: entropy_sweep(logits, TEMPERATURES, mode="exact"),
-        "ours approx": lambda: entropy_sweep(logits, TEMPERATURES, mode="approx"),
-    }
-    times, results = best_times(functions, args.repeats)
-    truth = reference(logits, TEMPERATURES)
-    bound = sweep_error_bound(logits, TEMPERATURES).max().item()
-    print(f"{'method':20s} {'time s':>8s} {'naive/this':>11s} {'peer/this':>10s} {'max err nats':>13s}")
-    for name, seconds in times.items():
-        error = (results[name].double() - truth).abs().max().item()
-        print(f"{name:20s} {seconds:8.3f} {times['naive log_softmax'] / seconds:11.1f} "
-              f"{times['peer Categorical'] / seconds:10.1f} {error:13.2e}")
-    print(f"approx error bound (sweep_error_bound, max over rows and temperatures): {bound:.2e} nats")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(table(run(args.device, args.quick, args.source, args.repeats or None)))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Generation with per-step statistics vs a plain ``model.generate``, and load time of the default model.
 
-    python bench/bench_generation.py [--tokens 64] [--repeats 5]
+    python bench/bench_generation.py [--quick] [--tokens 64] [--repeats 5] [--skip-load] [--device cpu|cuda]
 
 Both generate the same number of new tokens after the same chat prompt with the same top-p rule
 (transformers' own ``top_p``/``temperature`` in ``generate``; ours records raw logits, full and
@@ -19,9 +19,16 @@ import sys
 import tempfile
 import time
 
+from pathlib import Path
+
 import torch
 
-from explorer.models.language_model import LanguageModel, load_language_model
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/bench_generation.py` finds bench.*
+
+from bench.common import no_cuda, result, table  # noqa: E402
+from explorer.models.language_model import LanguageModel, load_language_model  # noqa: E402
+
+BENCH = "generation"
 
 PROMPT = "Write a short story about a lighthouse keeper."
 
@@ -64,25 +71,39 @@ def timed(fn, repeats: int) -> list[float]:
     return times
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--skip-load", action="store_true")
-    args = parser.parse_args()
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    if not args.skip_load:
+def run(device: str = "cpu", quick: bool = False, tokens: int | None = None, repeats: int | None = None,
+        load: bool | None = None) -> list[dict]:
+    if no_cuda(device):
+        return []
+    tokens, repeats = tokens or (16 if quick else 64), repeats or (2 if quick else 5)
+    rows = []
+    if load if load is not None else not quick:
         first, cached = load_times()
-        print(f"default model load: first (GGUF -> safetensors) {first:.1f} s, cached {cached:.1f} s")
-    lm = load_language_model()
+        rows.append(result(BENCH, "default model load, cached (fresh process)", cached,
+                           "first load (GGUF converted to safetensors)", first))
+    lm = load_language_model(device=None if device == "cpu" else device)
     ours(lm, 4, 0), plain_generate(lm, 4, 0)  # warm-up
     plain, mine = [], []
-    for _ in range(args.repeats):  # interleaved so that machine noise hits both
-        plain += timed(lambda s: plain_generate(lm, args.tokens, s), 1)
-        mine += timed(lambda s: ours(lm, args.tokens, s), 1)
+    for _ in range(repeats):  # interleaved so that machine noise hits both
+        plain += timed(lambda s: plain_generate(lm, tokens, s), 1)
+        mine += timed(lambda s: ours(lm, tokens, s), 1)
     p, m = statistics.median(plain), statistics.median(mine)
-    print(f"{args.tokens} tokens, top-p 0.9, {lm.device}: model.generate {p * 1e3:.0f} ms (median of {args.repeats}), "
-          f"ours with per-step statistics {m * 1e3:.0f} ms -> overhead {100 * (m / p - 1):+.1f}%")
+    rows.append(result(BENCH, f"generation with per-step statistics, {tokens} tokens, top-p 0.9 ({lm.device})", m,
+                       "transformers model.generate", p, None,
+                       f"median of {repeats}; overhead {100 * (m / p - 1):+.1f}% (aim < 10%)"))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--tokens", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--skip-load", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    print(table(run(args.device, args.quick, args.tokens, args.repeats, False if args.skip_load else None)))
 
 
 if __name__ == "__main__":

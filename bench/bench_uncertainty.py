@@ -1,9 +1,10 @@
 """Post-processing cost per question (N = 10 answers) of every sequence-level measure.
 
-Run: HF_HUB_OFFLINE=1 python bench/bench_uncertainty.py [--nli]
-Prints ours per measure next to the Inv-Entropy paper's reported per-question figures (1.99 s for
-Inv-Entropy, 13.99 s for semantic entropy, both including their NLI / SBERT calls), and our AUROC
-next to scikit-learn's roc_auc_score on the same data (ratio = sklearn / ours).
+Run: HF_HUB_OFFLINE=1 python bench/bench_uncertainty.py [--quick] [--nli] [--device cpu|cuda]
+Prints ours per measure, and Inv-Entropy and semantic entropy (embeddings included) next to the
+Inv-Entropy paper's reported per-question figures (1.99 s for Inv-Entropy, 13.99 s for semantic
+entropy, both including their NLI / SBERT calls, on the paper's hardware: reported, not measured
+here). AUROC and PRR against scikit-learn / numpy: ``bench/bench_evaluation.py``.
 
 ``--nli`` also times NLI equivalence with a DeBERTa-large-MNLI-sized classifier (24 layers, hidden
 1024, the size Kuhn et al. use; randomly initialised here because no weights can be downloaded, so
@@ -13,15 +14,20 @@ implementation's greedy loop that classifies one pair at a time.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
+from pathlib import Path
 
 import torch
-from sklearn.metrics import roc_auc_score
 
-from explorer.kernels import uncertainty as U
-from explorer.kernels.evaluation import auroc
-from explorer.models.embedder import load_embedder
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/bench_uncertainty.py` finds bench.*
+
+from bench.common import no_cuda, result, table  # noqa: E402
+from explorer.kernels import uncertainty as U  # noqa: E402
+from explorer.models.embedder import load_embedder  # noqa: E402
+
+BENCH = "uncertainty"
 
 ANSWERS = ["Paris", "It is Paris.", "Lyon", "The capital is Paris", "Marseille", "Paris, France",
            "paris", "I think it is Lyon", "Paris", "Nice"]
@@ -39,16 +45,16 @@ def per_call(fn, repeats: int = 20) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def main() -> None:
-    embedder = load_embedder()
+def measure_timings(device: str = "cpu") -> list[dict]:
+    embedder = load_embedder(device=device)
     embed_s = per_call(lambda: embedder.encode(ANSWERS + PERTURBED), 5)
     y = embedder.encode(ANSWERS).double()
     x = embedder.encode(PERTURBED).double()
     sim_y, sim_x = U.cosine_to_similarity(y @ y.T), U.cosine_to_similarity(x @ x.T)
-    log_p = torch.randn(10, dtype=torch.float64) - 5
+    log_p = torch.randn(10, dtype=torch.float64).to(y.device) - 5
     ids = U.semantic_clusters(y @ y.T, threshold=0.8)
     timings = {
-        "embedding 20 texts (MiniLM, CPU)": embed_s,
+        "embedding 20 texts (MiniLM)": embed_s,
         "semantic clusters + SE (discrete+weighted)": per_call(lambda: (
             U.semantic_entropy_discrete(U.semantic_clusters(y @ y.T, threshold=0.8)),
             U.semantic_entropy_weighted(ids, log_p))),
@@ -59,20 +65,24 @@ def main() -> None:
         "Inv-Entropy (B=30 bootstrap draws, batched)": per_call(
             lambda: U.inv_entropy(sim_x.expand(30, 10, 10), sim_y.expand(30, 10, 10))),
     }
-    print(f"{'measure':48s} {'ours per question':>18s}")
-    for name, seconds in timings.items():
-        print(f"{name:48s} {seconds * 1e3:15.3f} ms")
-    total_inv = embed_s + timings["Inv-Entropy (B=30 bootstrap draws, batched)"]
-    total_se = embed_s + timings["semantic clusters + SE (discrete+weighted)"]
-    print(f"\nInv-Entropy incl. embeddings: ours {total_inv:.4f} s vs paper 1.99 s  (ratio {1.99 / total_inv:.0f}x)")
-    print(f"Semantic entropy incl. embeddings: ours {total_se:.4f} s vs paper 13.99 s (NLI model; ratio "
-          f"{13.99 / total_se:.0f}x, not like for like: our offline equivalence is embedding cosine)")
-    g = torch.Generator().manual_seed(0)
-    u, wrong = torch.rand(5000, generator=g), torch.rand(5000, generator=g) < 0.4
-    ours = per_call(lambda: auroc(u, wrong))
-    peer = per_call(lambda: roc_auc_score(wrong.numpy(), u.numpy()))
-    print(f"\nAUROC n=5000: ours {ours * 1e3:.3f} ms, sklearn {peer * 1e3:.3f} ms, ratio sklearn/ours {peer / ours:.2f}"
-          f" (values {float(auroc(u, wrong)):.6f} vs {roc_auc_score(wrong.numpy(), u.numpy()):.6f})")
+    rows = [result(BENCH, f"{name}, per question ({device})", seconds, None, None) for name, seconds in timings.items()]
+    reported = "reported by the Inv-Entropy paper (its hardware and NLI/SBERT calls; not measured here)"
+    rows.append(result(BENCH, f"Inv-Entropy incl. embeddings, per question ({device})",
+                       embed_s + timings["Inv-Entropy (B=30 bootstrap draws, batched)"], "paper, reported", 1.99,
+                       None, reported))
+    rows.append(result(BENCH, f"semantic entropy incl. embeddings, per question ({device})",
+                       embed_s + timings["semantic clusters + SE (discrete+weighted)"], "paper, reported", 13.99,
+                       None, reported + "; not like for like: our offline equivalence is embedding cosine"))
+    return rows
+
+
+def run(device: str = "cpu", quick: bool = False, nli: bool | None = None) -> list[dict]:
+    if no_cuda(device):
+        return []
+    rows = measure_timings(device)
+    if nli if nli is not None else not quick:
+        rows += bench_nli()
+    return rows
 
 
 def _deberta_large_nli(folder):
@@ -111,9 +121,8 @@ def _greedy_one_pair_at_a_time(nli, texts: list[str]) -> list[int]:
     return ids
 
 
-def bench_nli() -> None:
+def bench_nli() -> list[dict]:
     import tempfile
-    from pathlib import Path
 
     with tempfile.TemporaryDirectory() as folder:
         nli = _deberta_large_nli(Path(folder))
@@ -122,12 +131,19 @@ def bench_nli() -> None:
         ours = per_call(lambda: U.semantic_clusters(nli.equivalence(ANSWERS, question)), 1)
         naive = per_call(lambda: _greedy_one_pair_at_a_time(nli, texts), 1)
         same = U.semantic_clusters(nli.equivalence(ANSWERS, question)).tolist() == _greedy_one_pair_at_a_time(nli, texts)
-    print(f"\nNLI equivalence, N = 10, DeBERTa-large-sized model on {torch.get_num_threads()} threads: "
-          f"ours (all pairs, batched) {ours:.2f} s, reference loop (one pair per call) {naive:.2f} s, "
-          f"ratio {naive / ours:.2f}x; same classes: {same}; paper 13.99 s per question")
+    return [result(BENCH, "NLI equivalence classes, N = 10, DeBERTa-large-sized model (cpu)", ours,
+                   "reference loop, one pair per call", naive, None if same else 1.0,
+                   f"same classes: {same} (error 1 if not); paper 13.99 s per question")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--nli", action="store_true", help="also time NLI equivalence (slow)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    print(table(run(args.device, args.quick, args.nli or None)))
 
 
 if __name__ == "__main__":
     main()
-    if "--nli" in sys.argv[1:]:
-        bench_nli()

@@ -1,86 +1,136 @@
-"""Vendi score: ours vs the vendi_score package and vs a bare eigensolver, in one process.
+"""Vendi score: ours vs the vendi_score package and vs a bare eigensolver, side by side in one process.
 
-    python bench/bench_vendi.py            # n = 2,000 and 5,000 RBF, cosine 100k, Nystrom 100k
-    python bench/bench_vendi.py --quick    # smaller sizes
+    python bench/bench_vendi.py [--quick] [--device cpu|cuda]   # the run_all cases as a table
+    python bench/bench_vendi.py --only exact|crossing|float32|cosine|nystrom   # one part
+    python bench/bench_vendi.py --only slider                    # server-side q/t slider moves (Panel)
+
+Cases (``run``): exact RBF Vendi at n = 2,000, 3,000, 5,000 end to end (kernel included for ours) against
+``vendi_score.score_K`` given the kernel, and against the fastest bare float64 ``eigvalsh`` (scipy or torch)
+of the same matrix (aim: ratio >= 0.83, i.e. ours within 1.2x); where scipy's and torch's eigensolvers
+cross (``cpu_solver``); a float32 spectrum where its error bound allows (q = 3); cosine Vendi through the
+dual ``d x d`` matrix against ``score_dual``; Nystrom against the exact spectrum.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import scipy.linalg
 import torch
 from vendi_score import vendi
 
-from explorer.kernels.diversity import Spectrum, cpu_solver, kernel_spectrum, pairwise_kernel, vendi_score
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/bench_vendi.py` finds bench.common
+
+from bench.common import no_cuda, result, table, timed  # noqa: E402
+from explorer.kernels.diversity import (  # noqa: E402
+    DISPLAY_RELATIVE_ERROR, cpu_solver, kernel_spectrum, pairwise_kernel, vendi_score,
+)
+
+BENCH = "vendi"
+SIGMA = 6.0
 
 
-def timed(fn, repeats=1):
-    best, value = math.inf, None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        value = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, value
+def rbf_data(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(seed).normal(size=(n, 32)))
 
 
-def exact_rbf(n: int, with_python_kernel: bool) -> None:
-    X = torch.from_numpy(np.random.default_rng(0).normal(size=(n, 32)))
-    sigma = 6.0
-    K = pairwise_kernel(X, X, "rbf", sigma).numpy()
-    t_ours, ours = timed(lambda: vendi_score(X, kernel="rbf", sigma=sigma), repeats=2)
-    t_scipy, _ = timed(lambda: scipy.linalg.eigvalsh(K / n))
-    t_torch, _ = timed(lambda: torch.linalg.eigvalsh(torch.from_numpy(K / n)))
-    t_score_k, peer = timed(lambda: vendi.score_K(K))
-    print(f"RBF exact n={n}: ours {t_ours:.2f} s (end to end, kernel included) | vendi.score_K {t_score_k:.2f} s "
-          f"(kernel given) ratio {t_score_k / t_ours:.2f}x | bare scipy eigvalsh {t_scipy:.2f} s, "
-          f"torch eigvalsh {t_torch:.2f} s: ours / fastest bare = {t_ours / min(t_scipy, t_torch):.2f} | "
-          f"values {ours:.10f} vs {peer:.10f}")
-    if with_python_kernel:
-        Xn = list(X.numpy())
-        k = lambda a, b: math.exp(-np.sum((a - b) ** 2) / (2 * sigma**2))  # noqa: E731
-        t_score, peer = timed(lambda: vendi.score(Xn, k))
-        print(f"   vendi.score(samples, k) (documented API) {t_score:.1f} s: ours is {t_score / t_ours:.0f}x faster "
-              f"| value {peer:.10f}")
+def exact_rbf(n: int, device: str) -> list[dict]:
+    """Ours end to end (RBF kernel + spectrum + score) against score_K and the bare solvers on K / n."""
+    X = rbf_data(n)
+    K = (pairwise_kernel(X, X, "rbf", SIGMA) / n).numpy()
+    ours_s, ours = timed(lambda: vendi_score(X.to(device), kernel="rbf", sigma=SIGMA), repeats=2, device=device)
+    peer_s, peer = timed(lambda: vendi.score_K(K * n))
+    scipy_s, _ = timed(lambda: scipy.linalg.eigvalsh(K))
+    torch_s, _ = timed(lambda: torch.linalg.eigvalsh(torch.from_numpy(K)))
+    where = "on the GPU" if device != "cpu" else f"cpu_solver: {cpu_solver(n)}"
+    rows = [result(BENCH, f"exact RBF Vendi, n={n:,} ({device})", ours_s, "vendi_score.score_K (kernel given)", peer_s,
+                   abs(ours - peer), "ours includes the kernel; score_K is given it")]
+    fastest = min(("scipy", scipy_s), ("torch", torch_s), key=lambda pair: pair[1])
+    rows.append(result(BENCH, f"exact RBF Vendi, n={n:,} ({device}) vs bare eigvalsh", ours_s,
+                       f"bare float64 eigvalsh ({fastest[0]}, fastest)", fastest[1], None,
+                       f"aim ratio >= 0.83 (ours <= 1.2x bare); bare scipy {scipy_s:.3f} s, torch {torch_s:.3f} s; "
+                       f"{where}"))
+    if device != "cpu":
+        cpu_s, cpu_value = timed(lambda: vendi_score(X, kernel="rbf", sigma=SIGMA))
+        rows.append(result(BENCH, f"exact RBF Vendi, n={n:,} ({device}) vs ours on CPU", ours_s, "ours on CPU", cpu_s,
+                           abs(ours - cpu_value)))
+    return rows
 
 
-def cosine_large(n: int) -> None:
+def solver_crossing(sizes: list[int]) -> list[dict]:
+    """Bare scipy vs torch eigvalsh (float64) on RBF kernels: where torch starts to win (cpu_solver's rule)."""
+    rows = []
+    for n in sizes:
+        X = rbf_data(n, seed=1)
+        K = pairwise_kernel(X, X, "rbf", SIGMA)
+        repeats = 3 if n <= 2000 else 1
+        torch_s, _ = timed(lambda: torch.linalg.eigvalsh(K), repeats)
+        scipy_s, _ = timed(lambda: scipy.linalg.eigvalsh(K.numpy().T, check_finite=False), repeats)
+        rows.append(result(BENCH, f"eigensolver crossing, n={n:,}: torch", torch_s, "scipy", scipy_s, None,
+                           f"cpu_solver picks {cpu_solver(n)} (ratio > 1: torch is faster)"))
+    return rows
+
+
+def float32_spectrum(n: int, q: float, device: str) -> list[dict]:
+    X = rbf_data(n, seed=2)
+    K = pairwise_kernel(X, X, "rbf", SIGMA).numpy()
+    ours_s, ours = timed(lambda: vendi_score(X.to(device), kernel="rbf", sigma=SIGMA, q=q, precision="auto"),
+                         repeats=2, device=device)
+    peer_s, peer = timed(lambda: vendi.score_K(K, q=q))
+    bound = kernel_spectrum(X, kernel="rbf", sigma=SIGMA, method="exact", precision="float32").vendi_error(q)
+    kept = "float32 kept" if bound <= DISPLAY_RELATIVE_ERROR else "float64 (bound too large)"
+    return [result(BENCH, f"RBF Vendi q={q:g}, n={n:,}, precision='auto' ({device})", ours_s,
+                   "vendi_score.score_K (kernel given)", peer_s, abs(ours - peer),
+                   f"{kept}: stated relative error bound {bound:.1e} (display needs <= {DISPLAY_RELATIVE_ERROR:g}); "
+                   f"actual {abs(ours / peer - 1):.1e}")]
+
+
+def cosine_dual(n: int, device: str) -> list[dict]:
     X = torch.from_numpy(np.random.default_rng(1).normal(size=(n, 384)).astype(np.float32))
-    t_ours, ours = timed(lambda: vendi_score(X), repeats=2)
-    t_dual, peer = timed(lambda: vendi.score_dual(X.numpy().astype(np.float64)))
-    print(f"cosine exact n={n} x 384: ours {t_ours:.2f} s | vendi.score_dual {t_dual:.2f} s "
-          f"ratio {t_dual / t_ours:.2f}x | values {ours:.8f} vs {peer:.8f}")
+    ours_s, ours = timed(lambda: vendi_score(X.to(device)), repeats=2, device=device)
+    Xn = X.numpy().astype(np.float64)
+    peer_s, peer = timed(lambda: vendi.score_dual(Xn))
+    return [result(BENCH, f"cosine Vendi, n={n:,} x 384 ({device})", ours_s, "vendi_score.score_dual", peer_s,
+                   abs(ours - peer), "both through the 384 x 384 dual matrix")]
 
 
-def nystrom_error_and_time(n_exact: int, n_large: int, landmarks: int, seeds: int = 4) -> None:
-    """Approximate RBF Vendi: error against the exact value at n_exact (several landmark seeds, next to
-    the plain flat-tail Nystrom estimate it replaces), then the time at n_large."""
+def nystrom(n: int, landmarks: int, device: str) -> list[dict]:
+    """Nystrom (extrapolated in the landmark count) against our exact spectrum on clustered data with a
+    long spectral tail; error = relative error of the order-1 score."""
     gen = np.random.default_rng(2)
     centres = gen.normal(size=(50, 384)) * 0.6
-    def sample(n):
-        return torch.from_numpy((centres[gen.integers(0, 50, n)] + gen.normal(size=(n, 384)) * 0.5).astype(np.float32))
-    X = sample(n_exact)
-    sigma = 12.0
-    t_exact, exact = timed(lambda: kernel_spectrum(X, kernel="rbf", sigma=sigma, method="exact"))
-    print(f"RBF n={n_exact} x 384 (50 clusters + isotropic noise: a long spectral tail): exact Vendi "
-          f"{exact.vendi():.2f} in {t_exact:.1f} s")
-    for seed in range(seeds):
-        t_ny, approx = timed(lambda: kernel_spectrum(X, kernel="rbf", sigma=sigma, method="nystrom",
-                                                     landmarks=landmarks, seed=seed))
-        flat = Spectrum(approx.eigenvalues, approx.n).vendi()
-        print(f"   landmarks seed {seed}, m={landmarks}: extrapolated {approx.vendi():.2f} "
-              f"(error {approx.vendi() / exact.vendi() - 1:+.2%}, estimated {approx.error:.2%}) in {t_ny:.2f} s | "
-              f"plain Nystrom + flat tail {flat:.2f} ({flat / exact.vendi() - 1:+.2%}) | guaranteed upper bound "
-              f"{approx.vendi_upper_bound():.2f} | q=2: {approx.vendi(2):.3f} vs {exact.vendi(2):.3f}")
-    big = sample(n_large)
-    for seed in range(2):
-        t_big, spec = timed(lambda: kernel_spectrum(big, kernel="rbf", sigma=sigma, method="nystrom",
-                                                    landmarks=landmarks, seed=seed))
-        print(f"RBF Nystrom n={n_large} x 384, m={landmarks}, seed {seed}: {t_big:.2f} s, Vendi {spec.vendi():.2f} "
-              f"(estimated error {spec.error:.2%}, upper bound {spec.vendi_upper_bound():.2f})")
+    X = torch.from_numpy((centres[gen.integers(0, 50, n)] + gen.normal(size=(n, 384)) * 0.5).astype(np.float32))
+    X = X.to(device)
+    exact_s, exact = timed(lambda: kernel_spectrum(X, kernel="rbf", sigma=12.0, method="exact"), device=device)
+    approx_s, approx = timed(lambda: kernel_spectrum(X, kernel="rbf", sigma=12.0, method="nystrom",
+                                                     landmarks=landmarks), device=device)
+    return [result(BENCH, f"Nystrom RBF Vendi, n={n:,} x 384, m={landmarks} ({device})", approx_s,
+                   "exact spectrum (ours, float64)", exact_s, abs(approx.vendi() / exact.vendi() - 1),
+                   f"error relative; estimated {approx.error:.1%}, guaranteed upper bound "
+                   f"{approx.vendi_upper_bound():.2f} vs exact {exact.vendi():.2f}")]
+
+
+def parts(device: str, quick: bool) -> dict:
+    """The cases of ``run`` by name (``--only`` picks one)."""
+    return {
+        "exact": lambda: [row for n in (2_000, 3_000, 5_000) for row in exact_rbf(n, device)],
+        "crossing": lambda: solver_crossing([1_000, 1_500] if quick else [1_000, 1_500, 2_500, 4_000])
+        if device == "cpu" else [],
+        "float32": lambda: float32_spectrum(3_000, 3.0, device),
+        "cosine": lambda: cosine_dual(10_000 if quick else 100_000, device),
+        "nystrom": lambda: nystrom(2_000 if quick else 10_000, 500 if quick else 1_000, device),
+    }
+
+
+def run(device: str = "cpu", quick: bool = False) -> list[dict]:
+    if no_cuda(device):
+        return []
+    torch.set_grad_enabled(False)
+    return [row for part in parts(device, quick).values() for row in part()]
 
 
 def slider_move_latency(moves: int = 16) -> None:
@@ -125,23 +175,22 @@ def slider_move_latency(moves: int = 16) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", choices=["slider", "exact", "cosine", "nystrom"], help="run one part")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--only", choices=["slider", *parts("cpu", True)],
+                        help="one part; slider: the server-side slider latency (Panel), not in the table")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPU eigensolver picked by measurement: "
-          f"{cpu_solver()}")
-    quick = args.quick
-    parts = {
-        "slider": slider_move_latency,
-        "exact": lambda: exact_rbf(500, True) if quick else (exact_rbf(2_000, True), exact_rbf(5_000, False)),
-        "cosine": lambda: cosine_large(10_000 if quick else 100_000),
-        "nystrom": lambda: nystrom_error_and_time(2_000, 10_000, 500, seeds=2) if quick
-        else nystrom_error_and_time(10_000, 100_000, 1000, seeds=6),
-    }
-    for name, run in parts.items():
-        if args.only in (None, name):
-            run()
+    if args.only == "slider":
+        slider_move_latency()
+        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if no_cuda(args.device):
+        print("no CUDA device")
+        return
+    torch.set_grad_enabled(False)
+    chosen = parts(args.device, args.quick)
+    print(table([row for name, part in chosen.items() if args.only in (None, name) for row in part()]))
 
 
 if __name__ == "__main__":

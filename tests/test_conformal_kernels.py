@@ -11,7 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from explorer.kernels import conformal as cp
-from explorer.peers import mapie_split_sets
+from bench.peers import mapie_split_sets
 
 
 def simulated(n: int, num_classes: int, seed: int, sharpness: float = 2.0):
@@ -110,7 +110,7 @@ def test_fast_path_equals_direct_sets(method, randomised):
         qhat = cp.calibrate(probs[:200], labels[:200], alpha, method, u=None if u is None else u[:200],
                             lam=0.05, k_reg=2)
         direct = cp.prediction_sets(probs, qhat, method, **params)
-        sizes = cp.set_sizes_from_ranked(ranked.scores, qhat)
+        sizes = cp.set_sizes_from_ranked(ranked.scores, qhat, method)
         assert torch.equal(sizes, cp.set_sizes(direct))
         assert torch.equal(cp.sets_from_ranked(ranked, sizes), direct)
 
@@ -136,7 +136,8 @@ def test_mean_coverage_over_splits_is_in_the_guarantee_band(seed, n, alpha, meth
     probs, labels = simulated(n + 200, 5, seed)
     true_scores = cp.true_label_scores(cp.label_scores(probs, method), labels)
     splits = 3000
-    coverage = cp.split_coverages(true_scores, n, alpha, splits, torch.Generator().manual_seed(seed))
+    coverage = cp.split_coverages(true_scores, n, alpha, splits, torch.Generator().manual_seed(seed),
+                                  num_classes=5, method=method)
     error = 4 * float(coverage.std()) / math.sqrt(splits) + 1e-9
     mean = float(coverage.mean())
     assert 1 - alpha - error <= mean <= 1 - alpha + 1 / (n + 1) + error
@@ -160,14 +161,15 @@ def test_class_conditional_covers_every_class():
         hit = true_scores[test] <= qhat[labels[test]]
         per_class += cp.per_class_coverage(hit, labels[test], 4)[0] / len(perms)
     assert torch.all(per_class >= 0.9 - 0.01)
-    marginal = cp.split_coverages(true_scores, 300, 0.1, 50, torch.Generator().manual_seed(1), labels, 4)
+    marginal = cp.split_coverages(true_scores, 300, 0.1, 50, torch.Generator().manual_seed(1), labels, 4,
+                                  method="lac")
     assert float(marginal.mean()) >= 0.9 - 0.01
 
 
 def test_beta_law_parameters_and_infinite_threshold():
     assert cp.coverage_beta_parameters(99, 0.1) == (90, 10)   # l = floor(100 * .1) = 10; mean 90/100
     assert cp.coverage_beta_parameters(8, 0.1) == (9, 0)      # l = 0: k > n, coverage 1
-    coverage = cp.split_coverages(torch.rand(30, dtype=torch.float64), 8, 0.1, 20)
+    coverage = cp.split_coverages(torch.rand(30, dtype=torch.float64), 8, 0.1, 20, method="lac")
     assert torch.all(coverage == 1.0)
 
 

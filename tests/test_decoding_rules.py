@@ -57,7 +57,7 @@ PAIRS = [
     (Eta(0.05), hf.EtaLogitsWarper(0.05)),
     (TopH(0.4), hf.TopHLogitsWarper(0.4)),
     (TopH(0.1), hf.TopHLogitsWarper(0.1)),
-    (TopH(1.0), hf.TopHLogitsWarper(1.0)),
+    (TopH(0.9), hf.TopHLogitsWarper(0.9)),
 ]
 
 
@@ -73,6 +73,22 @@ def test_rule_equals_transformers_warper(ours, theirs, case):
     result = ours(logits.clone())
     assert torch.equal(kept(result), kept(expected))
     assert torch.equal(result[kept(result)], logits[kept(result)])   # survivors keep their logits
+
+
+def test_top_h_at_alpha_one_keeps_every_top_n_token_where_transformers_rounds_one_away():
+    """formulas.md section 2: alpha = 1 keeps all top_n tokens. transformers sums H apart from the
+    partial sums and, in about 4 rows of 10, its total lands 1 ulp below the last partial sum: it drops
+    the least likely token. Ours differs from it only there."""
+    for dtype in (torch.float32, torch.float64):
+        logits = (torch.randn(200, 500, generator=torch.Generator().manual_seed(0)) * 3).to(dtype)
+        ours = kept(TopH(1.0)(logits))
+        theirs = kept(hf.TopHLogitsWarper(1.0)(None, logits.clone()))
+        assert ours.sum(-1).tolist() == [100] * 200
+        assert torch.equal(ours, kept(TopK(100)(logits)))
+        dropped = ours & ~theirs
+        assert not (theirs & ~ours).any() and dropped.sum(-1).max() == 1 and dropped.any()
+        smallest_kept = torch.where(ours, logits, torch.inf).amin(-1)
+        assert torch.equal(logits[dropped], smallest_kept[dropped.any(-1)])  # only the least likely one
 
 
 @pytest.mark.parametrize("temperature", [0.3, 1.0, 2.5])
@@ -244,6 +260,26 @@ def test_top_p_keeps_enough_mass(row, p):
     logits = torch.tensor([row], dtype=torch.float64)
     out = TopP(p)(logits)
     assert torch.softmax(logits, -1)[kept(out)].sum() >= p - 1e-9
+
+
+@settings(max_examples=60, deadline=None)
+@given(row=st.lists(st.floats(-40, 40, allow_nan=False), min_size=2, max_size=150), top_n=st.integers(1, 120),
+       alphas=st.lists(st.floats(0.01, 1.0), min_size=2, max_size=4), double=st.booleans())
+def test_top_h_keeps_all_top_n_at_alpha_one_and_grows_with_alpha(row, top_n, alphas, double):
+    logits = torch.tensor([row], dtype=torch.float64 if double else torch.float32)
+    n = min(top_n, len(row))
+    candidates = logits >= logits.topk(n).values[:, -1:]     # the top_n (and ties with the last)
+    full = kept(TopH(1.0, top_n)(logits))
+    drawable = torch.softmax(logits.topk(n).values - logits.topk(n).values.logsumexp(-1, keepdim=True), -1) > 0
+    assert full.sum() == drawable.sum()               # every top_n token that can be drawn at all
+    assert not (full & ~candidates).any()
+    previous = None
+    for alpha in sorted(alphas) + [1.0]:
+        current = kept(TopH(alpha, top_n)(logits))
+        assert current.any()
+        if previous is not None:
+            assert not (previous & ~current).any()    # nested: a larger alpha keeps a superset
+        previous = current
 
 
 def test_rules_are_batched_row_by_row():

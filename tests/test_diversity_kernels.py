@@ -11,8 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from vendi_score import vendi
 
+from explorer.kernels import diversity
 from explorer.kernels.diversity import (
+    DISPLAY_RELATIVE_ERROR,
     Spectrum,
+    _normalised,
     diffusion_spectral_entropy,
     diffusion_spectral_mutual_information,
     kernel_spectrum,
@@ -292,3 +295,136 @@ def test_flat_tail_entropy_without_the_n_vector_equals_the_vector(q):
     for n, trace in ((500, 100.0), (500, 50.5), (5, 50.5)):  # a tail, no missing trace, no room for a tail
         expected = Spectrum(_with_flat_tail(top, n, trace), n).entropy(q)
         assert _flat_tail_entropy(top, n, trace, q) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+# ------------------------------------------------------------------ round-off of zero eigenvalues
+def rank_deficient_cosine(n=40, d=30, rank=6, seed=0):
+    """Rows in a rank-6 subspace, and the non-zero eigenvalues of the cosine kernel / n from a 6 x 6
+    float64 problem (the other n - 6 are exactly 0)."""
+    gen = torch.Generator().manual_seed(seed)
+    A = torch.randn(n, rank, generator=gen, dtype=torch.float64)
+    B = torch.randn(rank, d, generator=gen, dtype=torch.float64)
+    X = A @ B
+    Q, R = torch.linalg.qr(B.T)  # X = A R^T Q^T, Q orthonormal columns
+    C = A @ R.T / X.norm(dim=1, keepdim=True)  # unit rows of X = C Q^T
+    return X, torch.linalg.eigvalsh(C.T @ C) / n
+
+
+def duplicated_rbf(copies=5, distinct=12, sigma=1.0, seed=1):
+    """``distinct`` points each repeated ``copies`` times, and the non-zero eigenvalues of the RBF kernel / n:
+    K = P K_12 P^T has those of diag(c)^1/2 K_12 diag(c)^1/2 (the rest exactly 0)."""
+    Z = torch.randn(distinct, 5, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    X = Z[torch.arange(copies * distinct) % distinct]
+    K12 = pairwise_kernel(Z, Z, "rbf", sigma)
+    return X, torch.linalg.eigvalsh(copies * K12) / (copies * distinct)
+
+
+def vendi_from_exact_nonzero(values, q):
+    values = values[values > 0]
+    if q == 1:
+        return math.exp(float(-(values * values.log()).sum()))
+    return math.exp(math.log(float((values ** q).sum())) / (1 - q))
+
+
+def test_order_zero_counts_the_rank_not_round_off():
+    X, _ = rank_deficient_cosine()
+    assert vendi_score(X, q=0) == 6                                     # dual 30 x 30 path (was 19)
+    assert vendi_score(K=pairwise_kernel(X, X, "cosine"), q=0) == 6     # 40 x 40 kernel (was 24)
+    assert vendi_score(X[:, :25].repeat(1, 4)[:20], q=0) <= 6           # n < d: the n x n path
+    R, _ = duplicated_rbf()
+    assert vendi_score(R, kernel="rbf", sigma=1.0, q=0) == 12           # was 36 here, 14 in the issue
+    weights = torch.rand(60, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    assert vendi_score(R, kernel="rbf", sigma=1.0, q=0, weights=weights / weights.sum()) == 12
+
+
+@pytest.mark.parametrize("q", [0.25, 0.5, 1.0, 3.0])
+def test_rank_deficient_scores_equal_the_exact_zero_reference(q):
+    X, exact = rank_deficient_cosine()
+    assert vendi_score(X, q=q) == pytest.approx(vendi_from_exact_nonzero(exact, q), rel=1e-12)
+    assert vendi_score(K=pairwise_kernel(X, X, "cosine"), q=q) == pytest.approx(
+        vendi_from_exact_nonzero(exact, q), rel=1e-12)
+    R, exact = duplicated_rbf()
+    assert vendi_score(R, kernel="rbf", sigma=1.0, q=q) == pytest.approx(vendi_from_exact_nonzero(exact, q),
+                                                                         rel=1e-12)
+
+
+def test_effective_rank_of_rank_deficient_data_equals_the_exact_zero_reference():
+    X, _ = rank_deficient_cosine()
+    s = torch.linalg.svdvals(X)[:6]  # the other singular values are exactly 0
+    p = s / s.sum()
+    expected = math.exp(float(-(p * p.log()).sum()))
+    for spectrum in (kernel_spectrum(X, kernel="linear"), kernel_spectrum(K=X @ X.T, kernel="linear")):
+        assert spectrum.effective_rank() == pytest.approx(expected, rel=1e-12)  # was off by ~1e-7
+
+
+def test_dse_of_duplicated_points_drops_round_off_eigenvalues():
+    """Diffusion eigenvalues of 12 points repeated 5 times: the non-zero ones are those of
+    C^1/2 D^-1/2 G D^-1/2 C^1/2 on the distinct points (C the counts, D = diag(G C 1))."""
+    Z = torch.randn(12, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    X = Z[torch.arange(60) % 12]
+    G = pairwise_kernel(Z, Z, "rbf", 1.5)
+    degree = G.sum(1) * 5
+    values = torch.linalg.eigvalsh(5 * G / torch.outer(degree.sqrt(), degree.sqrt()))
+    for t in (0.5, 1.0, 2.0):
+        mu = values.abs() ** t / (values.abs() ** t).sum()
+        expected = float(-(mu * mu.log2()).sum())
+        assert diffusion_spectral_entropy(X, 1.5, t) == pytest.approx(expected, rel=1e-12)  # t=0.5: was 1e-6 off
+
+
+def test_round_off_tolerance_keeps_real_small_eigenvalues():
+    values = torch.tensor([1.0, 1e-9, 1e-12, 3e-15, 1e-15, -2e-15], dtype=torch.float64)
+    spectrum = Spectrum(_normalised(values, n=6), 6)  # tolerance 6 eps = 1.3e-15
+    assert spectrum.eigenvalues.tolist() == pytest.approx([1, 1e-9, 1e-12, 3e-15, 0, 0], rel=1e-8, abs=0)
+    assert spectrum.vendi(0) == 4
+
+
+# ------------------------------------------------------------------------ float32 spectra
+@pytest.mark.parametrize("n, sigma", [(150, 1.0), (400, 3.0)])
+def test_float32_spectrum_error_is_within_its_bound(n, sigma):
+    X = blobs(n, 6, seed=n)
+    exact = kernel_spectrum(X, kernel="rbf", sigma=sigma, method="exact")
+    single = kernel_spectrum(X, kernel="rbf", sigma=sigma, method="exact", precision="float32")
+    assert single.eigenvalue_error > 0 and exact.vendi_error(1.0) == 0.0
+    for q in (0.5, 1.0, 1.5, 3.0, math.inf):
+        bound = single.vendi_error(q)
+        assert abs(single.vendi(q) / exact.vendi(q) - 1) <= bound, q
+        assert bound < 0.05
+    assert math.isinf(single.vendi_error(0.0))  # a count cannot be certified
+
+
+def test_auto_precision_uses_float32_only_below_the_display_precision():
+    X = blobs(300, 6, seed=4)
+    for q in (1.5, 3.0, math.inf):
+        single = kernel_spectrum(X, kernel="rbf", sigma=2.0, method="exact", precision="float32")
+        auto = vendi_score(X, kernel="rbf", sigma=2.0, q=q, precision="auto")
+        exact = vendi_score(X, kernel="rbf", sigma=2.0, q=q)
+        expected = single.vendi(q) if single.vendi_error(q) <= DISPLAY_RELATIVE_ERROR else exact
+        assert auto == expected
+        assert auto == pytest.approx(exact, rel=DISPLAY_RELATIVE_ERROR)
+    assert vendi_score(X, kernel="rbf", sigma=2.0, q=1.0, precision="auto") == vendi_score(X, kernel="rbf", sigma=2.0)
+    with pytest.raises(ValueError, match="precision"):
+        vendi_score(X, precision="float16")
+
+
+# ------------------------------------------------------------------------ eigensolver choice
+def test_solver_choice_is_a_fixed_size_rule_so_results_repeat_bit_for_bit():
+    assert diversity.cpu_solver(diversity.TORCH_ABOVE) == "scipy"
+    assert diversity.cpu_solver(diversity.TORCH_ABOVE + 1) == "torch"
+    X = blobs(150, 5, seed=8)
+    first = kernel_spectrum(X, kernel="rbf", sigma=2.0).eigenvalues
+    assert all(torch.equal(kernel_spectrum(X, kernel="rbf", sigma=2.0).eigenvalues, first) for _ in range(3))
+
+
+@pytest.mark.parametrize("solver", ["scipy", "torch"])
+def test_both_solvers_give_the_spectrum_and_leave_the_input_alone(monkeypatch, solver):
+    monkeypatch.setattr(diversity, "cpu_solver", lambda n: solver)
+    X = blobs(120, 5, seed=6)
+    K = pairwise_kernel(X, X, "rbf", 2.0)
+    before = K.clone()
+    expected = np.linalg.eigvalsh(K.numpy())
+    for dtype, tolerance in ((torch.float64, 1e-12), (torch.float32, 1e-4)):
+        values = diversity.symmetric_eigenvalues(K, dtype)
+        assert values.dtype == torch.float64 and np.allclose(values.numpy(), expected, atol=tolerance)
+        assert torch.equal(K, before)
+    scratch = K.clone()
+    assert np.allclose(diversity.symmetric_eigenvalues(scratch, overwrite=True).numpy(), expected, atol=1e-12)

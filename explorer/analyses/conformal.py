@@ -159,11 +159,12 @@ class ConformalAnalysis(Analysis):
         _, _, test = self.split()
         ranked_test = self.ranked().scores[test]
         true = self.true_scores()[test]
+        method, k = self.method, self.data.num_classes
         if self.class_conditional:
             labels_in_rank_order = self.ranked().labels[test]
-            sizes = (ranked_test <= qhat[labels_in_rank_order]).sum(dim=1)
-            return sizes, true <= qhat[self.data.labels[test]]
-        return cp.set_sizes_from_ranked(ranked_test, qhat), true <= qhat
+            sizes = cp.admitted(ranked_test, qhat[labels_in_rank_order], method, k).sum(dim=1)
+            return sizes, cp.admitted(true, qhat[self.data.labels[test]], method, k)
+        return cp.set_sizes_from_ranked(ranked_test, qhat, method), cp.admitted(true, qhat, method, k)
 
     @result("threshold", heavy=True)
     def test_sets(self) -> torch.Tensor:
@@ -173,7 +174,7 @@ class ConformalAnalysis(Analysis):
         qhat = self.threshold()
         if self.class_conditional:
             scores = torch.empty_like(ranked.scores[test]).scatter_(1, ranked.labels[test], ranked.scores[test])
-            return scores <= qhat
+            return cp.admitted(scores, qhat, self.method, self.data.num_classes)
         sizes, _ = self.test_sizes_and_coverage()
         return cp.sets_from_ranked(cp.RankedScores(ranked.scores[test], ranked.labels[test]), sizes)
 
@@ -259,7 +260,7 @@ class ConformalAnalysis(Analysis):
         scores = self.true_scores()[rows]
         return cp.split_coverages(scores, len(calibration), self.alpha, self.n_splits,
                                   torch.Generator().manual_seed(self.seed), None if labels is None else labels[rows],
-                                  self.data.num_classes).numpy()
+                                  self.data.num_classes, method=self.method).numpy()
 
     @result("split", "alpha")
     def coverage_law(self) -> dict:

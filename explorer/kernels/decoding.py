@@ -13,7 +13,8 @@ broken as transformers' warpers break them so that the two agree token for token
     epsilon    keep p_v >= epsilon
     eta        keep p_v >= min(epsilon, sqrt(epsilon) exp(-H))
     top-H      longest prefix of the sorted top_n tokens (renormalised) whose partial entropy
-               -sum_{i<=k} p_i log p_i <= alpha H(top_n)   (as transformers' TopHLogitsWarper)
+               -sum_{i<=k} p_i log p_i <= alpha H(top_n); alpha = 1 keeps all top_n tokens
+               (transformers' TopHLogitsWarper, except its round-off at alpha = 1: see TopH)
     mirostat   v2: drop tokens with -log2 p_v > mu; after sampling y, mu <- mu - eta (s_y - tau),
                s_y the surprise (bits) of y under the truncated distribution; mu_0 = 2 tau
 """
@@ -146,6 +147,10 @@ class Eta(LogitsRule):
 
 
 class TopH(LogitsRule):
+    """Top-H (formulas.md section 2): the longest prefix of the sorted top_n tokens whose partial entropy
+    is <= alpha times their total entropy; alpha = 1 keeps every top_n token that can be drawn (a token
+    whose renormalised p underflows to 0 is dropped, as transformers drops it)."""
+
     name = "top_h"
 
     def __init__(self, alpha: float = 0.4, top_n: int = 100):
@@ -155,14 +160,17 @@ class TopH(LogitsRule):
     def __call__(self, logits):
         n = min(self.top_n, logits.shape[-1])
         top, order = logits.topk(n, dim=-1)
-        # entropy and -p log p in transformers' order of operations (alpha = 1 puts the boundary on an
-        # equality of two float sums); a token with p = 0 gives NaN, which ends the prefix
+        # p and -p log p in transformers' order of operations (its Categorical normalisation)
         log_p = top - top.logsumexp(-1, keepdim=True)
         p = log_p.softmax(-1)
-        entropy = -(log_p.clamp_min(torch.finfo(log_p.dtype).min) * p).sum(-1, keepdim=True)
-        terms = -p * p.log()
-        selected = terms.cumsum(-1) <= self.alpha * entropy
-        selected[:, 0] = True                                   # the most likely token always stays
+        terms = torch.where(p > 0, -p * p.log(), torch.zeros_like(p))
+        # The budget alpha H is taken from the same running sum as the partial entropies (its last
+        # value), made monotone (a GPU scan may round a later prefix below an earlier one), so alpha = 1
+        # keeps every token. Deliberate difference: transformers sums H separately (Categorical.entropy),
+        # which can land 1 ulp below the last partial sum and drop the least likely of the top_n tokens.
+        partial = terms.cumsum(-1).cummax(-1).values
+        selected = (partial <= self.alpha * partial[..., -1:]) & (p > 0)   # p = 0 cannot be drawn
+        selected[..., 0] = True                                 # the most likely token always stays
         keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, selected)
         return logits.masked_fill(~keep, NEG_INF)
 

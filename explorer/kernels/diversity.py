@@ -13,7 +13,6 @@ neural network representations during training using noise-resilient diffusion s
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -52,8 +51,9 @@ def pairwise_kernel(A: torch.Tensor, B: torch.Tensor, kernel: Kernel = "cosine",
     if kernel == "rbf":
         if sigma is None or sigma <= 0:
             raise ValueError("the RBF kernel needs sigma > 0")
-        sq = (A * A).sum(1, keepdim=True) - 2 * A @ B.T + (B * B).sum(1)
-        return torch.exp(-sq.clamp_min(0) / (2 * sigma**2))
+        # |a|^2 - 2<a,b> + |b|^2 in one matrix product and in-place passes (no n x n temporaries)
+        sq = torch.addmm((B * B).sum(1).unsqueeze(0), A, B.T, alpha=-2).add_((A * A).sum(1, keepdim=True))
+        return sq.clamp_min_(0).mul_(-1 / (2 * sigma**2)).exp_()
     if kernel == "polynomial":
         return (A @ B.T / A.shape[1] + coef0) ** degree
     raise ValueError(f"unknown kernel {kernel!r}; choose one of {KERNELS} or pass a callable")
@@ -68,43 +68,50 @@ def _resolved_sigma(X: torch.Tensor, kernel: Kernel, sigma: float | None) -> flo
 
 
 # ------------------------------------------------------------------------------------- eigen solver
-_CPU_SOLVER: list[str] = []
+#: CPU eigensolver by size: scipy (OpenBLAS) up to this n, torch (MKL) above. Where they cross on the 2-core
+#: dev machine: one-thread CPU times equal at n = 2,000 (0.40 vs 0.45 s), scipy 1.7x faster at 1,000, torch
+#: 1.4x faster at 3,000; two threads (quiet, issue 10): scipy 2x faster at 600, torch 1.56x at 5,000.
+#: A fixed rule keeps results bit-for-bit repeatable in a process; ``bench_vendi.py`` re-measures the crossing.
+TORCH_ABOVE = 2000
 
 
-def _scipy_eigvalsh(M: torch.Tensor) -> torch.Tensor:
-    return torch.from_numpy(scipy.linalg.eigvalsh(M.numpy(), overwrite_a=True, check_finite=False))
+def cpu_solver(n: int) -> str:
+    """"scipy" or "torch" for an ``n x n`` symmetric spectrum on a CPU (see :data:`TORCH_ABOVE`)."""
+    return "torch" if n > TORCH_ABOVE else "scipy"
 
 
-def cpu_solver() -> str:
-    """"scipy" or "torch": whichever computes a 600 x 600 symmetric spectrum faster here (best of 3),
-    measured once per process (the issue: scipy's was 2x faster on a 2-core CPU, not everywhere)."""
-    if not _CPU_SOLVER:
-        A = torch.rand(600, 600, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-        A = A + A.T
-        best = {}
-        for name, solve in (("scipy", lambda: _scipy_eigvalsh(A.clone())), ("torch", lambda: torch.linalg.eigvalsh(A))):
-            times = []
-            for _ in range(3):
-                start = time.perf_counter()
-                solve()
-                times.append(time.perf_counter() - start)
-            best[name] = min(times)
-        _CPU_SOLVER.append(min(best, key=best.get))
-    return _CPU_SOLVER[0]
+def symmetric_eigenvalues(M: torch.Tensor, dtype: torch.dtype = torch.float64, overwrite: bool = False) -> torch.Tensor:
+    """Eigenvalues (ascending, float64) of a symmetric matrix computed in ``dtype``, on ``M``'s device.
+
+    CPU: scipy's LAPACK or torch's, as :func:`cpu_solver` picks for the size; scipy reads the
+    transposed view (Fortran order: no copy), and overwrites ``M`` when ``overwrite`` (the caller's
+    own scratch matrix). GPU: ``torch.linalg.eigvalsh`` with a CPU fallback when it fails."""
+    converted = M.dtype != dtype
+    M = M.to(dtype)
+    if M.device.type != "cpu":
+        try:
+            return torch.linalg.eigvalsh(M).double()
+        except RuntimeError:
+            return symmetric_eigenvalues(M.cpu(), dtype, overwrite=True).to(M.device)
+    if cpu_solver(M.shape[0]) == "torch":
+        return torch.linalg.eigvalsh(M).double()
+    return torch.from_numpy(scipy.linalg.eigvalsh(M.numpy().T, overwrite_a=overwrite or converted,
+                                                  check_finite=False)).double()
 
 
-def symmetric_eigenvalues(M: torch.Tensor) -> torch.Tensor:
-    """Eigenvalues of a symmetric matrix in float64, on ``M``'s device.
+def round_off_tolerance(values: torch.Tensor, n: int, dtype: torch.dtype = torch.float64) -> float:
+    """``n * eps * max |lambda|``: eigenvalues of an ``n x n`` problem solved in ``dtype`` at or below this
+    are round-off of zero (a backward-stable solver errs by about ``eps * ||K||`` per eigenvalue, and a
+    kernel or Gram matrix summed over n terms by up to n times that), so every rule that treats zero
+    eigenvalues apart counts them as zero (formulas.md section 3, Vendi of order 0)."""
+    return n * torch.finfo(dtype).eps * float(values.abs().max()) if values.numel() else 0.0
 
-    CPU: scipy's LAPACK or torch's, whichever :func:`cpu_solver` measured faster; GPU:
-    ``torch.linalg.eigvalsh`` with a CPU fallback when it fails (e.g. cusolver not converging)."""
-    M = M.double()
-    if M.device.type == "cpu":
-        return _scipy_eigvalsh(M.clone()) if cpu_solver() == "scipy" else torch.linalg.eigvalsh(M)
-    try:
-        return torch.linalg.eigvalsh(M)
-    except RuntimeError:
-        return symmetric_eigenvalues(M.cpu()).to(M.device)
+
+def _zero_round_off(values: torch.Tensor, n: int, dtype: torch.dtype = torch.float64,
+                    cut: float | None = None) -> torch.Tensor:
+    """``values`` with those at or below ``cut`` (default: :func:`round_off_tolerance`) set to 0, negatives too."""
+    cut = round_off_tolerance(values, n, dtype) if cut is None else cut
+    return torch.where(values > cut, values, 0.0)
 
 
 # ---------------------------------------------------------------------------------------- spectrum
@@ -114,11 +121,12 @@ class Spectrum:
     they give. ``exact`` is False for Nystrom spectra (:class:`NystromSpectrum`); ``error`` then
     estimates the relative error of the order-1 Vendi score."""
 
-    eigenvalues: torch.Tensor  # float64, descending, sum 1
+    eigenvalues: torch.Tensor  # float64, descending, sum 1 (up to round-off), round-off of zero set to 0
     n: int
     exact: bool = True
     error: float = 0.0
     method: str = "exact"
+    eigenvalue_error: float = 0.0  # bound on |computed - exact| of each normalised eigenvalue
 
     def entropy(self, q: float = 1.0) -> float:
         """Renyi entropy of order q of the eigenvalues, in nats (q = 1: Shannon; q = inf: -log max)."""
@@ -137,8 +145,37 @@ class Spectrum:
         return math.exp(self.entropy(q))
 
     def vendi_error(self, q: float = 1.0) -> float:
-        """Estimated relative error of :meth:`vendi` (0 for an exact spectrum)."""
-        return 0.0
+        """A bound on the relative error of :meth:`vendi` from ``eigenvalue_error`` (0 when none is recorded).
+
+        Every computed eigenvalue is within delta = ``eigenvalue_error`` of an exact one (Weyl), so:
+        q = 1: ``|dH| <= sum_i min(eta(delta), delta max |log x + 1|)`` over ``x`` in ``[lambda_i +- delta]``
+        (``eta(h) = -h log h``: Fannes' continuity bound ``|eta(x) - eta(y)| <= eta(|x - y|)``);
+        q != 1: ``|dS| <= sum_i |d lambda_i^q|`` (``delta^q`` for q < 1 by Hoelder continuity, else the
+        largest slope ``q x^(q-1) delta`` on the interval) and ``|dH| <= |dS| / ((S - |dS|) |1 - q|)``;
+        q = inf: ``delta / lambda_max``. The relative error of ``VS = exp(H)`` is ``expm1(|dH|)``.
+        q = 0 counts eigenvalues, which an approximate spectrum cannot certify: inf."""
+        delta = self.eigenvalue_error
+        if delta <= 0:
+            return 0.0
+        lam = self.eigenvalues
+        if math.isinf(q):
+            return delta / float(lam[0])
+        if q == 0 or delta >= 0.5:
+            return math.inf
+        low, high = lam - delta, lam + delta
+        if q == 1:
+            fannes = delta * math.log(1 / delta)
+            slope = delta * torch.maximum((low.clamp_min(1e-300).log() + 1).abs(), (high.log() + 1).abs())
+            change = float(torch.where(low > 0, slope.clamp_max(fannes), fannes).sum())
+        else:
+            if q < 1:
+                slope = q * low.clamp_min(1e-300) ** (q - 1) * delta
+                steps = torch.where(low > 0, slope.clamp_max(delta ** q), delta ** q)
+            else:
+                steps = q * high ** (q - 1) * delta
+            total, moved = float((lam[lam > 0] ** q).sum()), float(steps.sum())
+            change = moved / ((total - moved) * abs(1 - q)) if total > moved else math.inf
+        return math.expm1(change)
 
     def vendi_upper_bound(self, q: float = 1.0) -> float:
         """A guaranteed upper bound on the true order-q score (the score itself when exact)."""
@@ -159,21 +196,42 @@ class Spectrum:
         return Spectrum(s / s.sum(), self.n).vendi(1.0)
 
 
-def _normalised(values: torch.Tensor) -> torch.Tensor:
-    values = values.double().clamp_min(0).sort(descending=True).values
-    return values / values.sum()
+def _normalised(values: torch.Tensor, n: int | None = None, dtype: torch.dtype = torch.float64,
+                trace: float | None = None, tolerance: float | None = None) -> torch.Tensor:
+    """Eigenvalues sorted descending, divided by ``trace`` (default: their sum), with negatives and the
+    round-off of zero set to 0: that of an ``n x n`` problem solved in ``dtype`` (:func:`round_off_tolerance`),
+    or those at or below ``tolerance`` (in units of the normalised eigenvalues)."""
+    values = values.double().sort(descending=True).values
+    if tolerance is not None:
+        values = _zero_round_off(values, 0, cut=tolerance * trace)
+    else:
+        values = _zero_round_off(values, n, dtype) if n is not None else values.clamp_min(0)
+    return values / (values.sum() if trace is None else trace)
+
+
+PRECISIONS = ("float64", "float32")
 
 
 def kernel_spectrum(X: torch.Tensor | None = None, *, K: torch.Tensor | None = None, kernel: Kernel = "cosine",
                     sigma: float | None = None, weights: torch.Tensor | None = None, method: str = "auto",
-                    landmarks: int = 1000, approx_above: int = 12000, seed: int = 0) -> Spectrum:
+                    landmarks: int = 1000, approx_above: int = 12000, seed: int = 0,
+                    precision: str = "float64") -> Spectrum:
     """The spectrum of ``K / tr K`` (or of ``diag(sqrt p) K diag(sqrt p) / sum p_i K_ii`` with weights p).
 
     ``method``: "exact", "nystrom", or "auto" (exact, except Nystrom for non-linear kernels with
     ``n > approx_above``). Linear and cosine kernels use the dual ``d x d`` matrix when ``d < n``.
+    ``precision`` of the exact eigensolver: "float64", or "float32" (about 1.5x faster for large n; the
+    kernel is still built in float64). A float32 spectrum records ``eigenvalue_error`` = 2 delta with
+    ``delta = 2 eps32 lambda_max + eps32 sqrt(sum lambda^2) / 2`` per normalised eigenvalue: the solver's
+    backward error eps ||K||_2 (the LAPACK Users' Guide's approximate error bound for the symmetric
+    eigenproblem, section 4.7.1, p(n) = 1; doubled) plus rounding K to float32 (``||dK||_2 <= ||dK||_F
+    <= eps/2 ||K||_F``); computed values at or below delta count as 0. :meth:`Spectrum.vendi_error`
+    turns it into a bound on each score. Eigenvalues are divided by the exact (float64) trace.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if K is not None:
-        return _exact_from_matrix(K, weights)
+        return _exact_from_matrix(K, weights, precision, owned=False)
     n, d = X.shape
     sigma = _resolved_sigma(X, kernel, sigma)
     if kernel in ("cosine", "linear"):
@@ -181,18 +239,33 @@ def kernel_spectrum(X: torch.Tensor | None = None, *, K: torch.Tensor | None = N
         if weights is not None:
             Y = Y * weights.double().to(Y.device).sqrt()[:, None]
         gram = Y.T @ Y if d < n else Y @ Y.T
-        return Spectrum(_normalised(symmetric_eigenvalues(gram)), n, method="dual" if d < n else "exact")
+        spectrum = _exact_from_matrix(gram, None, "float64", owned=True, rows=n)
+        return replace(spectrum, method="dual" if d < n else "exact")
     if method == "nystrom" or (method == "auto" and n > approx_above):
         return nystrom_spectrum(X, kernel, sigma, landmarks, seed, weights)
-    return _exact_from_matrix(pairwise_kernel(X.double(), X.double(), kernel, sigma), weights)
+    return _exact_from_matrix(pairwise_kernel(X.double(), X.double(), kernel, sigma), weights, precision, owned=True)
 
 
-def _exact_from_matrix(K: torch.Tensor, weights: torch.Tensor | None) -> Spectrum:
+def _exact_from_matrix(K: torch.Tensor, weights: torch.Tensor | None, precision: str, owned: bool,
+                       rows: int | None = None) -> Spectrum:
+    """The exact spectrum of ``K`` (``rows`` samples; the dual Gram is smaller). ``owned``: K is scratch."""
     K = K.double()
     if weights is not None:
         root = weights.double().to(K.device).sqrt()
-        K = K * root[:, None] * root[None, :]
-    return Spectrum(_normalised(symmetric_eigenvalues(K)), K.shape[0])
+        K = (K.mul_ if owned else K.mul)(root[:, None]).mul_(root[None, :])
+        owned = True
+    n = K.shape[0] if rows is None else rows
+    trace = float(K.diagonal().sum())
+    if precision == "float64":
+        return Spectrum(_normalised(symmetric_eigenvalues(K, overwrite=owned), n, trace=trace), n)
+    eps = torch.finfo(torch.float32).eps
+    frobenius = float(torch.linalg.matrix_norm(K)) / trace  # sqrt(sum lambda^2), before K is overwritten
+    values = symmetric_eigenvalues(K, torch.float32, overwrite=owned)
+    # per normalised eigenvalue: the solver's eps ||K||_2 (doubled) + rounding K to float32; a computed
+    # value at or below it is indistinguishable from 0, and then within 2x of the exact one
+    solver_error = 2 * eps * float(values.abs().max()) / trace + eps * frobenius / 2
+    return Spectrum(_normalised(values, trace=trace, tolerance=solver_error), n, method="exact float32",
+                    eigenvalue_error=2 * solver_error)
 
 
 NYSTROM_LEVELS = (0.5, 0.625, 0.75, 0.875, 1.0)  # landmark fractions whose estimates are extrapolated
@@ -364,7 +437,8 @@ def nystrom_spectrum(X: torch.Tensor, kernel: Kernel, sigma: float | None, landm
     chosen = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:m].to(X.device)
     M = _nested_nystrom_gram(X, kernel, sigma, chosen, weights)
     levels = tuple(sorted({max(2, round(m * f)) for f in NYSTROM_LEVELS}))
-    level_eigenvalues = tuple(symmetric_eigenvalues(M[:k, :k].clone()).clamp_min(0) for k in levels)
+    level_eigenvalues = tuple(_zero_round_off(symmetric_eigenvalues(M[:k, :k].clone(), overwrite=True), k)
+                              for k in levels)
     spectrum = NystromSpectrum(_with_flat_tail(level_eigenvalues[-1], n, trace), n, exact=False,
                                method=f"nystrom m={m}, extrapolated", levels=levels,
                                level_eigenvalues=level_eigenvalues, trace=trace)
@@ -386,21 +460,40 @@ def order2_vendi(X: torch.Tensor | None = None, *, K: torch.Tensor | None = None
     return float(K.trace() ** 2 / (K * K).sum())
 
 
+#: half a unit in the 4th significant digit, at worst (of 9.999): below this a score reads the same
+DISPLAY_RELATIVE_ERROR = 5e-5
+
+
 def vendi_score(X: torch.Tensor | None = None, *, K: torch.Tensor | None = None, q: float = 1.0,
-                kernel: Kernel = "cosine", sigma: float | None = None, weights: torch.Tensor | None = None) -> float:
+                kernel: Kernel = "cosine", sigma: float | None = None, weights: torch.Tensor | None = None,
+                precision: str = "float64") -> float:
     """Vendi score of order ``q`` in [0, inf]: ``VS_q = exp(log(sum lambda_i^q) / (1 - q))`` with
     ``lambda`` the eigenvalues of ``K / n`` (q = 1: ``exp(-sum lambda log lambda)``, q = inf:
     ``1 / max lambda``). ``X`` is n x d (kernel: cosine, linear, rbf with ``sigma`` or the median
     heuristic, polynomial, or a batched callable), or pass a precomputed kernel ``K`` with unit
     diagonal. ``weights`` p (summing to 1) use ``diag(sqrt p) K diag(sqrt p)``.
+    ``precision``: "float64" (default), "float32" (see :func:`kernel_spectrum`), or "auto" for a value
+    that is shown to 4 significant digits: for q > 1 an n x n spectrum is computed in float32 and kept
+    when its error bound (:meth:`Spectrum.vendi_error`) is below :data:`DISPLAY_RELATIVE_ERROR`, else
+    recomputed in float64; q <= 1 uses float64 (its bound grows like ``n delta log(1/delta)`` and stays
+    above the display precision at the sizes where float32 would save time).
     Source: Friedman and Dieng 2023; formulas.md section 4."""
     if (X is None) == (K is None):
         raise ValueError("pass exactly one of X or K")
     if q < 0:
         raise ValueError("q must be >= 0")
+    if precision not in (*PRECISIONS, "auto"):
+        raise ValueError(f"precision must be 'auto' or one of {PRECISIONS}, got {precision!r}")
     if q == 2 and weights is None:
         return order2_vendi(X, K=K, kernel=kernel, sigma=sigma)
-    return kernel_spectrum(X, K=K, kernel=kernel, sigma=sigma, weights=weights, method="exact").vendi(q)
+    settings = {"K": K, "kernel": kernel, "sigma": sigma, "weights": weights, "method": "exact"}
+    if precision == "auto":
+        if q > 1:
+            spectrum = kernel_spectrum(X, precision="float32", **settings)
+            if spectrum.vendi_error(q) <= DISPLAY_RELATIVE_ERROR:
+                return spectrum.vendi(q)
+        precision = "float64"
+    return kernel_spectrum(X, precision=precision, **settings).vendi(q)
 
 
 def vendi_vs_sample_size(X: torch.Tensor, sizes: list[int], q: float = 1.0, kernel: Kernel = "cosine",
@@ -424,12 +517,14 @@ def diffusion_eigenvalues(X: torch.Tensor, sigma: float) -> torch.Tensor:
     computed as those of the symmetric ``D^-1/2 G D^-1/2`` (float64)."""
     G = pairwise_kernel(X.double(), X.double(), "rbf", sigma)
     root = G.sum(1).rsqrt()
-    return symmetric_eigenvalues(G * root[:, None] * root[None, :])
+    return symmetric_eigenvalues(G.mul_(root[:, None]).mul_(root[None, :]), overwrite=True)
 
 
 def dse_from_eigenvalues(eigenvalues: torch.Tensor, t: float = 1.0) -> float:
-    """``mu_i = |lambda_i|^t / sum_j |lambda_j|^t``; DSE = ``-sum mu_i log2 mu_i`` bits, in [0, log2 n]."""
-    powered = eigenvalues.double().abs() ** t
+    """``mu_i = |lambda_i|^t / sum_j |lambda_j|^t``; DSE = ``-sum mu_i log2 mu_i`` bits, in [0, log2 n].
+    Eigenvalues at or below :func:`round_off_tolerance` (float64, n = their number) count as 0: with t < 1
+    the ``|1e-16|^t`` of round-off would otherwise add real mass."""
+    powered = _zero_round_off(eigenvalues.double().abs(), len(eigenvalues)) ** t
     mu = powered / powered.sum()
     mu = mu[mu > 0]
     return float(-(mu * mu.log2()).sum())

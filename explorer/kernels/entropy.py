@@ -10,7 +10,8 @@ least float32 (float64 input stays float64) and return results on the input's de
     rank         r = 1 + #{v : z_v > z_y}                   (temperature-invariant)
 
 A temperature sweep needs no new forward pass: ``entropy_sweep`` re-uses the logits, using
-H(T) = log Z(T) - E_p[z'] / T with z' = z - max z and Z(T) = sum_v exp(z'_v / T).
+H(T) = log Z(T) - E_p[z'] / T with z' = z - max z and Z(T) = sum_v exp(z'_v / T);
+``token_statistics_sweep`` adds the surprisal of given tokens and the varentropy from the same pass.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from collections.abc import Sequence
 
 import torch
 
-#: rows processed together by ``entropy_sweep`` so that one chunk of logits stays in the CPU cache
-SWEEP_CHUNK_ELEMENTS = 1 << 20
+#: rows processed together by the sweeps so that one chunk of logits stays in the CPU cache
+SWEEP_CHUNK_ELEMENTS = 1 << 18
+LN2 = math.log(2)
+LOG2E = 1 / LN2
 
 
 def _float(logits: torch.Tensor) -> torch.Tensor:
@@ -169,8 +172,21 @@ def entropy_sweep(logits: torch.Tensor, temperatures: Sequence[float] | torch.Te
     if mode == "approx" and _compressible(rows, bins, top_m):
         entropy, _ = _sweep_compressed(_compress(rows, bins, top_m), ts)
     else:
-        entropy = _sweep_exact(rows, ts)
+        entropy = _sweep_exact(rows, ts)["entropy"]
     return entropy.reshape(len(ts), *z.shape[:-1])
+
+
+def token_statistics_sweep(logits: torch.Tensor, token_ids: torch.Tensor,
+                           temperatures: Sequence[float] | torch.Tensor) -> dict[str, torch.Tensor]:
+    """Entropy, surprisal of ``token_ids`` and varentropy at every temperature of a grid, from one pass
+    over the logits: ``{"entropy", "surprisal", "varentropy"}``, each ``[len(temperatures),
+    *logits.shape[:-1]]`` (nats), equal to :func:`token_statistics` at each T up to round-off (formulas in
+    :func:`_sweep_exact`). Precompute a grid once after scoring and a temperature move is a lookup."""
+    ts = _temperatures(temperatures)
+    z = _float(logits)
+    ids = _ids(z, token_ids)
+    stats = _sweep_exact(z.reshape(-1, z.shape[-1]), ts, ids.reshape(-1, 1), varentropy=True)
+    return {name: value.reshape(len(ts), *z.shape[:-1]) for name, value in stats.items()}
 
 
 def _lowest_exponent(dtype: torch.dtype) -> float:
@@ -188,18 +204,43 @@ def _chunk_rows(rows: torch.Tensor) -> int:
     return max(1, SWEEP_CHUNK_ELEMENTS // rows.shape[1]) if rows.device.type == "cpu" else rows.shape[0]
 
 
-def _sweep_exact(rows: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
-    out = torch.empty(len(ts), rows.shape[0], dtype=rows.dtype, device=rows.device)
-    low = _lowest_exponent(rows.dtype)
+def _sweep_exact(rows: torch.Tensor, ts: torch.Tensor, picked: torch.Tensor | None = None,
+                 varentropy: bool = False) -> dict[str, torch.Tensor]:
+    """Entropy (with ``picked`` ids their surprisal, and the varentropy) of every row at every temperature.
+
+    Per cache-sized chunk of rows and temperature, in base 2 (``exp2`` is 2.5x faster than ``exp``
+    here): ``b_v = (z_v - max z) log2(e) / T`` clamped at the dtype's lowest exponent (see
+    :func:`_clamped`), ``e_v = 2^b_v``, ``S = sum e_v``, ``m = ln2 sum e_v b_v / S`` (= E_p[s] for
+    ``s = (z - max z) / T``):
+        H = ln S - m,   -log p_y = ln S - s_y,   V = ln2^2 sum e_v b_v^2 / S - m^2   (the variance of s).
+    V as a difference of moments loses about ``eps E[s^2] / V`` relatively (below 1e-5 for real
+    language-model logits in float32; tested against float64)."""
+    names = ["entropy"] + (["surprisal"] if picked is not None else []) + (["varentropy"] if varentropy else [])
+    out = {name: torch.empty(len(ts), rows.shape[0], dtype=rows.dtype, device=rows.device) for name in names}
+    low = _lowest_exponent(rows.dtype) * LOG2E
     chunk = _chunk_rows(rows)
     for start in range(0, rows.shape[0], chunk):
-        z = _shifted(rows[start:start + chunk])
+        part = slice(start, start + chunk)
+        z = _shifted(rows[part])
+        chosen = None if picked is None else z.gather(-1, picked[part]).squeeze(-1)
+        b, e = torch.empty_like(z), torch.empty_like(z)
         for i, t in enumerate(ts.tolist()):
-            s = torch.div(z, _safe_temperature(t, z.dtype)).clamp_min_(low)
-            e = torch.exp(s)
+            t = _safe_temperature(t, z.dtype)
+            torch.mul(z, LOG2E / t, out=b).clamp_min_(low)
+            torch.exp2(b, out=e)
             total = e.sum(-1)
-            out[i, start:start + chunk] = torch.log(total) - torch.linalg.vecdot(e, s) / total
-    return out.clamp_min_(0)
+            log_total = total.log()
+            weighted = e.mul_(b)  # e_v b_v, in place
+            mean = weighted.sum(-1) * (LN2 / total)
+            out["entropy"][i, part] = log_total - mean
+            if chosen is not None:
+                out["surprisal"][i, part] = log_total - chosen / t  # s_y unclamped, as in token_statistics
+            if varentropy:
+                out["varentropy"][i, part] = torch.linalg.vecdot(weighted, b) * (LN2 * LN2 / total) - mean.square()
+    out["entropy"].clamp_min_(0)
+    if varentropy:
+        out["varentropy"].clamp_min_(0)
+    return out
 
 
 def _compressible(rows: torch.Tensor, bins: int, top_m: int) -> bool:

@@ -1,4 +1,5 @@
-"""Adapters to the peer packages that the tests and benchmarks compare our kernels with.
+"""Adapters to the peer packages that the tests and benchmarks compare our kernels with (not part of
+the installed package).
 
 The peers (MAPIE, vendi_score, dse-dsmi) are optional: test and bench dependencies only, imported
 inside each function."""
