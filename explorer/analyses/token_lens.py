@@ -136,12 +136,11 @@ class TokenLensAnalysis(Analysis):
     def temperature_grid(self, progress: Progress | None = None) -> dict[float, tuple[TokenTrace, pd.DataFrame]]:
         """The trace with its measures and its token table at every temperature of the slider (a move
         is then a lookup)."""
-        trace, grid = self.trace(), {}
-        for done, t in enumerate(TEMPERATURE_GRID):
-            scored = trace.at_temperature(t)
-            grid[t] = (scored, scored.to_frame(decode=self.decode))
+        grid = {}
+        for done, scored in enumerate(self.trace().at_temperatures(TEMPERATURE_GRID)):
+            grid[scored.temperature] = (scored, scored.to_frame(decode=self.decode))
             if progress is not None and done % 10 == 0:
-                progress.update(done, len(TEMPERATURE_GRID), f"measures at T = {t:g}")
+                progress.update(done, len(TEMPERATURE_GRID), f"token table at T = {scored.temperature:g}")
         return grid
 
     # ------------------------------------------------------------------ derived, cached

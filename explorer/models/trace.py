@@ -13,7 +13,7 @@ from functools import cached_property
 import pandas as pd
 import torch
 
-from explorer.kernels.entropy import entropy_sweep, token_rank, token_statistics
+from explorer.kernels.entropy import entropy_sweep, token_rank, token_statistics, token_statistics_sweep
 
 RANK_BUCKETS = (10, 100, 1000)  # GLTR's buckets: top-10, top-100, top-1000, beyond
 STATISTICS_ROWS = 256  # positions per block of the token statistics: a few [256, V] temporaries at a time
@@ -64,6 +64,17 @@ class TokenTrace:
         if not (temperature > 0 and temperature < float("inf")):
             raise ValueError(f"temperature must be positive and finite, got {temperature}")
         return replace(self, temperature=float(temperature))
+
+    def at_temperatures(self, temperatures) -> list["TokenTrace"]:
+        """The trace re-scored at every temperature of a grid, its measures computed in one pass over the
+        logits (:func:`~explorer.kernels.entropy.token_statistics_sweep`)."""
+        sweep = token_statistics_sweep(self.logits, self.token_ids, [float(t) for t in temperatures])
+        traces = []
+        for i, t in enumerate(temperatures):
+            scored = self.at_temperature(t)
+            scored.__dict__["_statistics"] = {name: values[i] for name, values in sweep.items()}  # its cached value
+            traces.append(scored)
+        return traces
 
     @cached_property
     def _statistics(self) -> dict[str, torch.Tensor]:
