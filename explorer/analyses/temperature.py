@@ -28,6 +28,7 @@ decode). Semantic equivalence: see :class:`~explorer.analyses.uncertainty_measur
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Callable, Iterable
@@ -221,28 +222,20 @@ class TemperatureAnalysis(Analysis):
         loads the model on the workers; this process loads it only for P(True).
         """
         temps = self.validate()
-        distributed = bool(self.cluster.strip() or self.scheduler.strip())
-        if lm is None and not distributed:
-            lm = _model(self.model_name)
-        store = ResultsStore(self.db_path)
-        try:
+        with contextlib.ExitStack() as stack:
+            placement = stack.enter_context(contextlib.ExitStack())   # connect first: a bad address stores nothing
+            execute, lm = self._executor(placement, lm, progress, on_cluster)
+            store = ResultsStore(self.db_path)
+            stack.callback(store.close)
             if run_id is None:
                 run_id = store.create_run(lm.name if lm is not None else self.model_label, self.settings(),
                                           self.questions())
-            questions = store.questions(run_id)
             store.set_status(run_id, "running")
             if on_start is not None:
                 on_start(run_id)
             try:
-                runner = _Runner(self, store, run_id, questions, temps, progress)
-                if distributed:
-                    from explorer.analyses.distributed import sweep_client
-                    with sweep_client(self.cluster, self.scheduler, self.model_name) as executor:
-                        if on_cluster is not None:
-                            on_cluster(executor.dashboard_link)
-                        runner.sample_all(lambda batches, done: executor.execute(batches, done, progress))
-                else:
-                    runner.sample_all(lambda batches, done: execute_here(batches, lm, done, progress))
+                _Runner(self, store, run_id, store.questions(run_id), temps, progress).sample_all(execute)
+                placement.close()                                     # a local cluster ends with the sampling
                 if self.with_p_true and lm is None:
                     lm = _model(self.model_name)
                 compute_measures(self, store, run_id, lm, progress)
@@ -251,8 +244,19 @@ class TemperatureAnalysis(Analysis):
                 raise
             store.set_status(run_id, "done")
             return run_id
-        finally:
-            store.close()
+
+    def _executor(self, placement: contextlib.ExitStack, lm, progress, on_cluster):
+        """``(execute, lm)``: batches run on a Dask cluster (connected now, closed with ``placement``;
+        no model here) or in this process with ``lm`` (loaded now)."""
+        if self.cluster.strip() or self.scheduler.strip():
+            from explorer.analyses.distributed import sweep_client
+
+            executor = placement.enter_context(sweep_client(self.cluster, self.scheduler, self.model_name))
+            if on_cluster is not None:
+                on_cluster(executor.dashboard_link)
+            return (lambda batches, done: executor.execute(batches, done, progress)), lm
+        lm = lm or _model(self.model_name)
+        return (lambda batches, done: execute_here(batches, lm, done, progress)), lm
 
 
 def resume_run(db_path: str, run_id: str, progress: Progress | None = None, lm=None,
