@@ -15,10 +15,9 @@ import datetime
 import sys
 import time
 
-import pandas as pd
 import param
 
-from explorer.analyses.runs import RunResults, evaluation_display, list_runs, with_intervals
+from explorer.analyses.runs import RunResults, evaluation_display, list_runs, tsu_display
 from explorer.analyses.temperature import PLACEMENT, TemperatureAnalysis, parse_temperatures, resume_run
 from explorer.errors import InputError
 from explorer.progress import Cancelled, Progress
@@ -147,11 +146,8 @@ def report(db: str, run_id: str) -> str:
              + (f" (adaptive: {summary['saved']:.0%} fewer than N for every question)" if summary["adaptive"] else "")]
     tsu = results.tsu_intervals()
     if not tsu.empty:
-        shown = pd.DataFrame({column: with_intervals(
-            tsu[column].rename(columns={"TSU": column, "low": f"{column} low", "high": f"{column} high"}), [column], 1)[column]
-            for column in tsu.columns.get_level_values(0).unique()})
         lines += [f"\nTSU, % of questions whose uncertainty rises strictly ({results.confidence:.0%} bootstrap interval "
-                  f"over questions):", shown.to_string()]
+                  f"over questions):", tsu_display(tsu).to_string()]
     table = results.evaluation()
     if table.empty:
         lines.append("\nno evaluation: the questions have no reference answers")

@@ -289,3 +289,44 @@ def test_interval_text():
     table = pd.DataFrame({"AUROC": [0.7, math.nan], "AUROC low": [0.6, math.nan], "AUROC high": [0.8, math.nan]},
                          index=["a", "b"])
     assert with_intervals(table, ["AUROC"])["AUROC"].tolist() == ["0.700 [0.600, 0.800]", "undefined"]
+
+
+# ---------------------------------------------------------------------- the panel (no browser)
+
+def test_panel_fills_and_patches_its_plots_in_place(runs):
+    from explorer.views.run_evaluation import EvaluationPanel
+
+    db, first, _, _ = runs
+    panel = EvaluationPanel(n_resamples=RESAMPLES)
+    panel.results = RunResults(db, first).compute()
+    panel.jobs.wait()
+    assert panel.temperature == 1.0 and panel.measures == ["se_discrete", "msp", "p_true"]
+    table = panel._table.value
+    assert table["measure"].tolist()[:2] == [MEASURE_LABELS["msp"], MEASURE_LABELS["se_discrete"]]
+    expected = panel.results.evaluation(1.0).loc[MEASURE_LABELS["msp"]]
+    assert table.loc[0, "AUROC"] == f"{expected['AUROC']:.3f} [{expected['AUROC low']:.3f}, {expected['AUROC high']:.3f}]"
+    assert table.loc[1, "ECE"] == "n/a" and "bins" in table.loc[0, "ECE"]
+    roc = panel._src["roc"]
+    assert roc.data["label"] == [MEASURE_LABELS[m] for m in ("se_discrete", "msp", "p_true")]
+    assert "ECE" in panel._figures["reliability"].title.text
+    assert panel._pair.object.startswith("**AUROC(") and "interval" in panel._pair.object
+    panel.measures = ["inv_entropy"]                       # the same source, new data
+    assert panel._src["roc"] is roc and roc.data["label"] == [MEASURE_LABELS["inv_entropy"]]
+    assert not panel._notes.visible
+    panel.temperature = 1.5                                # every answer right: said in words, no NaN shown
+    panel.jobs.wait()
+    assert panel._notes.visible and "every answer is right" in panel._notes.object
+    # measures with the same reason share one line (inv_entropy lacks a question: its own line)
+    lines = panel._notes.object.split("  \n")
+    assert len(lines) == 2 and "(36 questions)" in lines[0] and lines[1].startswith("**Inv-Entropy** at T=1.5")
+    assert set(panel._table.value["AUROC"]) == {"undefined"}
+    assert panel._src["roc"].data["xs"] == []              # no ROC curve without wrong answers
+    assert "undefined" in panel._pair.object
+    panel.max_rejection = 0.5                              # a setting reaches the analysis and recomputes
+    panel.temperature = 1.0
+    panel.jobs.wait()
+    assert panel.results.max_rejection == 0.5
+    capped = panel.results.evaluation(1.0).loc[MEASURE_LABELS["msp"], "PRR"]
+    u, ok = _labelled(synthetic_measures(0), 1.0, "msp")
+    assert capped == pytest.approx(float(E.prr(torch.tensor(u), torch.tensor(ok), max_rejection=0.5)), abs=1e-12)
+    assert panel._tsu.value.columns.tolist()[:2] == ["measure", "TSU(0.5, 1)"]

@@ -111,6 +111,13 @@ def evaluation_display(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     return out
 
 
+def tsu_display(tsu: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
+    """A :meth:`RunResults.tsu_intervals` table as text, "TSU [low, high]" per pair and chain."""
+    return pd.DataFrame({column: with_intervals(tsu[column].set_axis([column, f"{column} low", f"{column} high"],
+                                                                     axis=1), [column], digits)[column]
+                         for column in tsu.columns.get_level_values(0).unique()}, index=tsu.index)
+
+
 def paired_statistic(statistic: str, u_a: torch.Tensor, ok_a: torch.Tensor, u_b: torch.Tensor, ok_b: torch.Tensor,
                      settings: "RunResults") -> dict:
     """Paired bootstrap of ``statistic`` (a key of :data:`STATISTICS`) of A minus B, rows = the same
@@ -245,7 +252,7 @@ class RunResults(Analysis):
             rows[MEASURE_LABELS[m]] = {name: unc.tsu(u, columns=cols) for name, cols in columns}
         return pd.DataFrame.from_dict(rows, orient="index")
 
-    @result("tables")
+    @result("tables", "n_resamples", "confidence", "bootstrap_seed", heavy=True)
     def tsu_intervals(self) -> pd.DataFrame:
         """TSU per measure (rows) for every pair and the chain, with a bootstrap interval over questions:
         columns ``(TSU column, "TSU" | "low" | "high")``; every measure on the same resamples."""
@@ -596,8 +603,8 @@ class RunComparison(Analysis):
                                 f"{key} TSU high": tsu[key].loc[label, (chain, "high")], f"{key} chain": chain})
             if self.same_questions and all(r.has_labels for r in self.runs.values()):
                 diff = self.paired_difference(m, temperature)
-                row.update({"ΔAUROC (A - B)": diff["estimate"], "ΔAUROC low": diff["low"],
-                            "ΔAUROC high": diff["high"], "p": diff["p_value"], "note": diff["note"]})
+                row.update({"ΔAUROC (A - B)": diff["estimate"], "ΔAUROC (A - B) low": diff["low"],
+                            "ΔAUROC (A - B) high": diff["high"], "p": diff["p_value"], "note": diff["note"]})
             rows[label] = row
         return pd.DataFrame.from_dict(rows, orient="index")
 
