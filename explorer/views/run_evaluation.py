@@ -33,6 +33,8 @@ from explorer.views.shared import GREY, PALETTE, TEAL
 DEFAULT_OVERLAY = ("se_discrete", "msp", "p_true", "inv_entropy")
 PLOT_WIDTH, PLOT_HEIGHT = 330, 300
 TABLE_COLUMNS = ["AUROC", "PR-AUC", "PRR", "AURC", "E-AURC", "ECE", "Brier", "questions", "wrong"]
+#: column widths (px): interval texts are long, and columns must not be sized on an empty first table
+WIDTHS = {"measure": 230, **{name: 175 for name in STATISTICS}, "ECE": 120, "Brier": 70, "questions": 85, "wrong": 65}
 
 
 def _figure(title: str, x_label: str, y_label: str, name: str, **kwargs):
@@ -92,19 +94,19 @@ class EvaluationPanel(pn.viewable.Viewer):
                                     css_classes=["ev-undefined"])
         self._table = pn.widgets.Tabulator(pd.DataFrame(), disabled=True, show_index=False, sizing_mode="stretch_width",
                                            height=200, css_classes=["ev-table"], frozen_columns=["measure"],
-                                           layout="fit_data_fill")
+                                           widths=WIDTHS)
         self._tsu = pn.widgets.Tabulator(pd.DataFrame(), disabled=True, show_index=False, sizing_mode="stretch_width",
-                                         height=200, css_classes=["ev-tsu"], frozen_columns=["measure"],
-                                         layout="fit_data_fill")
+                                         height=200, css_classes=["ev-tsu"], frozen_columns=["measure"])
         self._pair = pn.pane.Markdown("", css_classes=["ev-paired"], sizing_mode="stretch_width")
         self._colours: dict[str, str] = {}
         # choices whose options come with the run: each widget gets its options and value in one update
         self._choices = {
-            "temperature": pn.widgets.Select(label="Evaluate at T", width=130),
-            "measures": pn.widgets.MultiChoice(label="Measures on the curves", width=420, css_classes=["ev-measures"]),
+            "temperature": pn.widgets.Select(label="Evaluate at T", width=120),
+            "measures": pn.widgets.MultiChoice(label="Measures on the curves", sizing_mode="stretch_width",
+                                               css_classes=["ev-measures"]),
             "calibrated": pn.widgets.Select(label="Reliability of", width=300),
-            "pair_a": pn.widgets.Select(label="Measure A", width=260),
-            "pair_b": pn.widgets.Select(label="Measure B", width=260)}
+            "pair_a": pn.widgets.Select(label="Measure A", sizing_mode="stretch_width"),
+            "pair_b": pn.widgets.Select(label="Measure B", sizing_mode="stretch_width")}
         for name, widget in self._choices.items():
             widget.link(self, value=name, bidirectional=True)
         self.param.watch(lambda *_events: (self._refresh(), self._refresh_pair()),
@@ -119,17 +121,16 @@ class EvaluationPanel(pn.viewable.Viewer):
     # ------------------------------------------------------------------ figures (built once)
     def _build_figures(self) -> None:
         src = self._src
-        wide = dict(width=None, sizing_mode="stretch_width", min_width=250)
-        roc = _figure("ROC: flagging wrong answers", "false positive rate", "true positive rate", "ev-roc-figure", **wide)
+        wide = dict(width=None, sizing_mode="stretch_width", min_width=200)
+        roc = _figure("ROC (wrong = positive)", "false positive rate", "true positive rate", "ev-roc-figure", **wide)
         roc.line([0, 1], [0, 1], color=GREY, line_dash="dashed")
         lines = roc.multi_line("xs", "ys", source=src["roc"], line_color="color", line_width=2, legend_field="label")
         roc.add_tools(HoverTool(renderers=[lines], tooltips=[("measure", "@label")]))
-        pr = _figure("Precision-recall (wrong = positive)", "recall", "precision", "ev-pr-figure", **wide)
+        pr = _figure("Precision-recall", "recall (of wrong answers)", "precision", "ev-pr-figure", **wide)
         pr.line("x", "y", source=src["pr_base"], color=GREY, line_dash="dashed")
         lines = pr.multi_line("xs", "ys", source=src["pr"], line_color="color", line_width=2, legend_field="label")
         pr.add_tools(HoverTool(renderers=[lines], tooltips=[("measure", "@label")]))
-        rc = _figure("Risk-coverage (most uncertain rejected first)", "coverage (share kept)",
-                     "risk (share of kept that are wrong)", "ev-rc-figure", **wide)
+        rc = _figure("Risk-coverage", "coverage (least uncertain kept)", "risk (share wrong)", "ev-rc-figure", **wide)
         rc.line("x", "y", source=src["rc_base"], color=GREY, line_dash="dashed")
         lines = rc.multi_line("xs", "ys", source=src["rc"], line_color="color", line_width=2, legend_field="label")
         rc.add_tools(HoverTool(renderers=[lines], tooltips=[("measure", "@label")]))
@@ -241,7 +242,9 @@ class EvaluationPanel(pn.viewable.Viewer):
                 tsu = self.results.tsu_intervals()
         except NotComputed:
             return
-        self._tsu.value = tsu_display(tsu).rename_axis("measure").reset_index() if not tsu.empty else pd.DataFrame()
+        shown = tsu_display(tsu).rename_axis("measure").reset_index() if not tsu.empty else pd.DataFrame()
+        self._tsu.widths = {column: WIDTHS["measure"] if column == "measure" else 150 for column in shown}
+        self._tsu.value = shown
         self._tsu.height = min(60 + 31 * len(tsu), 640)
 
     def _show_curves(self) -> None:
@@ -270,9 +273,8 @@ class EvaluationPanel(pn.viewable.Viewer):
         counts = bins["count"].to_numpy()
         self._src["bins"].data = {"confidence": bins["confidence"].to_numpy(), "accuracy": bins["accuracy"].to_numpy(),
                                   "count": counts, "size": 6 + 14 * np.sqrt(counts / max(counts.max(), 1))}
-        fig.title.text = (f"{MEASURE_LABELS[m]}: ECE {bins.attrs['ece']:.3f}, {len(bins)} bins of "
-                          f"{int(counts.min())}" + (f"-{int(counts.max())}" if counts.max() > counts.min() else "")
-                          + " answers")
+        fig.title.text = (f"ECE {bins.attrs['ece']:.3f} · {len(bins)} bins of {int(counts.min())}"
+                          + (f"-{int(counts.max())}" if counts.max() > counts.min() else "") + " answers")
 
     def _show_pair(self, a: str, b: str, t: float, diff: dict) -> None:
         head = f"**{diff['statistic']}({html.escape(MEASURE_LABELS[a])}) − {diff['statistic']}({html.escape(MEASURE_LABELS[b])})** at T={t:g}"
@@ -287,18 +289,19 @@ class EvaluationPanel(pn.viewable.Viewer):
     # ------------------------------------------------------------------ layout
     def __panel__(self):
         choices = self._choices
-        controls = pn.Row(choices["temperature"], choices["measures"],
-                          pn.widgets.FloatInput.from_param(self.param.max_rejection, width=170),
-                          pn.widgets.IntInput.from_param(self.param.n_resamples, width=150), sizing_mode="stretch_width")
-        pair = pn.Row(choices["pair_a"], choices["pair_b"],
-                      pn.widgets.Select.from_param(self.param.statistic, width=150), sizing_mode="stretch_width")
+        controls = pn.Column(
+            pn.Row(choices["temperature"], pn.widgets.FloatInput.from_param(self.param.max_rejection, width=170),
+                   pn.widgets.IntInput.from_param(self.param.n_resamples, width=150)),
+            choices["measures"], sizing_mode="stretch_width")
+        pair = pn.Column(choices["pair_a"], choices["pair_b"],
+                         pn.widgets.Select.from_param(self.param.statistic, width=150), sizing_mode="stretch_width")
         figures = self._figures
         body = [controls, self._status, self._notes, self._table,
                 pn.Row(*(pn.pane.Bokeh(figures[k], margin=(5, 5), sizing_mode="stretch_width")
                          for k in ("roc", "pr", "rc")), sizing_mode="stretch_width", margin=0),
                 pn.Row(pn.Column(choices["calibrated"], pn.pane.Bokeh(figures["reliability"], margin=(5, 5)), width=340),
                        pn.Column("#### Paired difference of two measures", pair, self._pair,
-                                 sizing_mode="stretch_width"), sizing_mode="stretch_width"),
+                                 sizing_mode="stretch_width", min_width=240), sizing_mode="stretch_width"),
                 "#### TSU with bootstrap intervals (% of questions strictly increasing)", self._tsu]
         if self._own_jobs:
             body.insert(0, self.jobs)

@@ -38,7 +38,7 @@ def checkbox(page, css_class: str):
 
 def _wait_visible(page, text: str, timeout_ms: int) -> bool:
     try:
-        page.get_by_text(text).wait_for(timeout=timeout_ms)
+        page.get_by_text(text).first.wait_for(timeout=timeout_ms)
         return True
     except Exception:  # noqa: BLE001 - playwright's TimeoutError: the caller retries
         return False
@@ -76,9 +76,11 @@ def test_tiny_run_drill_down_and_reopen(app_url, page, screenshot, tmp_path):
     screenshot(page, "temperature_running")
     runs = page.locator(".bk-panel-models-tabulator-DataTabulator, .tabulator").first
     expect(runs).to_contain_text("done", timeout=RUN_TIMEOUT_MS)
-    expect(page.get_by_text("TSU (% of questions strictly increasing)")).to_be_visible(timeout=60_000)
-    expect(page.get_by_text("TSU(0.3, 1.2)")).to_be_visible()
-    expect(page.get_by_text("AUROC / PRR")).to_be_visible()
+    expect(page.get_by_text("TSU with bootstrap intervals (% of questions strictly increasing)")).to_be_visible(
+        timeout=60_000)
+    expect(page.locator(".ev-tsu")).to_contain_text("TSU(0.3, 1.2)", timeout=60_000)
+    expect(page.get_by_text("Evaluation against correctness")).to_be_visible()
+    expect(page.locator(".ev-table")).to_contain_text("AUROC")
     assert page.locator(".bk-Canvas, canvas").count() > 0
     screenshot(page, "temperature_results")
 
@@ -108,7 +110,7 @@ def test_tiny_run_drill_down_and_reopen(app_url, page, screenshot, tmp_path):
     set_text(page, "Questions", "3")
     checkbox(page, "ts-with-inv-entropy").uncheck()
     checkbox(page, "ts-with-p-true").uncheck()
-    expect(page.get_by_text(re.compile(r"\b12 generations")).first).to_be_visible()
+    expect(page.get_by_text(re.compile(r"\b12 generations")).first).to_be_visible(timeout=30_000)
     page.get_by_role("button", name="Start run").click()
     expect(page.get_by_text("TSU(0.5, 1.5)").first).to_be_visible(timeout=RUN_TIMEOUT_MS)
     expect(runs.locator(".tabulator-row")).to_have_count(2, timeout=30_000)
@@ -148,9 +150,9 @@ def test_tiny_run_drill_down_and_reopen(app_url, page, screenshot, tmp_path):
     # row toggles it off, so a third selects it again. The run must open within those attempts.
     for _attempt in range(3):
         runs.locator(".tabulator-row").last.locator(".tabulator-cell[tabulator-field='status']").click()
-        if page.get_by_text("TSU(0.3, 1.2)").is_visible() or _wait_visible(page, "TSU(0.3, 1.2)", 20_000):
+        if page.get_by_text("TSU(0.3, 1.2)").first.is_visible() or _wait_visible(page, "TSU(0.3, 1.2)", 20_000):
             break
-    expect(page.get_by_text("TSU(0.3, 1.2)")).to_be_visible(timeout=60_000)
+    expect(page.locator(".ev-tsu")).to_contain_text("TSU(0.3, 1.2)", timeout=60_000)
     screenshot(page, "temperature_reopened")
     assert not page.errors, page.errors
 
