@@ -231,3 +231,36 @@ def test_client_killed_with_its_cluster_resumes(reference, tmp_path, capsys):
     results = RunResults(str(db), run_id).compute()
     assert results.info["status"] == "done"
     _assert_same_run(results, reference)
+
+
+def test_progress_bar_counts_answers_then_measures(capsys):
+    from explorer.cli_sweep import _BarProgress, _LineProgress
+
+    bar = _BarProgress()
+    bar.update(4, 18, "stored batch answer-t0-q0 (answer answers at T=0.3)")
+    assert (bar._bar.n, bar._bar.total, bar._unit) == (4, 18, "answers")
+    bar.update(18, 18, "stored batch perturbed-t1-q1 (perturbed answers at T=1.2)")
+    bar.update(1, 4, "measures: question 1, T=0.3")
+    assert (bar._bar.n, bar._bar.total, bar._unit) == (1, 4, "measures")
+    bar.close()
+    assert "answers" in capsys.readouterr().err
+    lines = _LineProgress()
+    lines.update(2, 18, "stored batch para-q0 (paraphrase answers at T=1)")
+    err = capsys.readouterr().err
+    assert re.search(r"^\[ 11\.1%\] stored batch para-q0 .* · 2/18 answers, [\d.]+/s, ETA ", err)
+
+
+@pytest.mark.model
+def test_the_page_samples_on_a_configured_scheduler_and_links_its_dashboard(cluster, reference, tmp_path):
+    from explorer.views.temperature import TemperatureSensitivity
+
+    page = TemperatureSensitivity()
+    settings = {k: v for k, v in TINY.items() if k != "temperatures"}
+    page.analysis.param.update(db_path=str(tmp_path / "runs.duckdb"), scheduler=cluster.scheduler_address, **settings)
+    page.temperatures_text = "0.3, 1.2"
+    page._on_start(None)
+    page.jobs.wait()
+    assert re.search(r"Sampling on a Dask cluster: \[open its dashboard\]\(http://\S+\)", page._dashboard.object)
+    assert page.results is not None and page.results.info["status"] == "done", page.jobs.message
+    assert len(page.results.samples) == len(reference.samples)
+    assert not page.jobs.message

@@ -330,3 +330,53 @@ def test_panel_fills_and_patches_its_plots_in_place(runs):
     u, ok = _labelled(synthetic_measures(0), 1.0, "msp")
     assert capped == pytest.approx(float(E.prr(torch.tensor(u), torch.tensor(ok), max_rejection=0.5)), abs=1e-12)
     assert panel._tsu.value.columns.tolist()[:2] == ["measure", "TSU(0.5, 1)"]
+
+
+# ---------------------------------------------------------------------- properties (hypothesis)
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def small_runs(draw):
+    """A few questions at two temperatures: tied uncertainties (few distinct values) and any labels."""
+    n = draw(st.integers(3, 12))
+    values = st.lists(st.sampled_from([0.0, 0.5, 1.0, 2.0]), min_size=n, max_size=n)
+    return n, draw(values), draw(values), draw(st.lists(st.booleans(), min_size=n, max_size=n))
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(small_runs())
+def test_tables_equal_the_kernels_and_ignore_question_order(tmp_path, run):
+    """On any small run: the table equals the kernels' evaluation table on the same resamples; the
+    point estimates do not depend on the order of the questions; a measure minus itself is 0."""
+    n, u_msp, u_se, right = run
+    temps = [0.5, 1.0]
+    db = str(tmp_path / f"runs-{abs(hash(str(run)))}.duckdb")
+    order = list(reversed(range(n)))
+    ids = []
+    store = ResultsStore(db)
+    for permutation in (list(range(n)), order):
+        rows = [dict(question_index=q, temperature=t, measure=m, value=float(v[p]))
+                for q, p in enumerate(permutation) for t in temps
+                for m, v in (("msp", u_msp), ("se_discrete", u_se), ("correct", [float(x) for x in right]))]
+        run_id = store.create_run("m", {"temperatures": temps}, pd.DataFrame(
+            {"question": [f"Q{p}" for p in permutation], "answers": [["a"]] * n}))
+        store.replace_measures(run_id, pd.DataFrame(rows))
+        ids.append(run_id)
+    store.close()
+    first, reversed_run = (RunResults(db, r, n_resamples=50).compute() for r in ids)
+    table = first.evaluation(1.0)
+    u = torch.tensor([u_msp, u_se], dtype=torch.float64)
+    ok = torch.tensor(right, dtype=torch.float64)
+    kernel = E.evaluation_table(u, ok, n_resamples=50, seed=0)
+    for name, statistic in (("AUROC", "auroc"), ("PRR", "prr"), ("AURC", "aurc"), ("E-AURC", "e_aurc")):
+        for column, field in ((name, "estimate"), (f"{name} low", "low"), (f"{name} high", "high")):
+            assert np.allclose(table[column].to_numpy(), getattr(kernel[statistic], field).numpy(), equal_nan=True)
+    assert np.allclose(table["AUROC"], reversed_run.evaluation(1.0)["AUROC"], equal_nan=True)
+    assert np.allclose(table["PRR"], reversed_run.evaluation(1.0)["PRR"], equal_nan=True)
+    assert (table["note"] != "").tolist() == [math.isnan(a) or math.isnan(p) or math.isnan(ap) for a, p, ap in
+                                              zip(table["AUROC"], table["PRR"], table["PR-AUC"])]
+    same = first.paired_difference("msp", "msp", 1.0)
+    assert math.isnan(same["estimate"]) or (same["estimate"] == 0 and same["p_value"] == 1.0)
