@@ -264,3 +264,18 @@ def test_the_page_samples_on_a_configured_scheduler_and_links_its_dashboard(clus
     assert page.results is not None and page.results.info["status"] == "done", page.jobs.message
     assert len(page.results.samples) == len(reference.samples)
     assert not page.jobs.message
+
+
+def test_a_batch_that_keeps_killing_workers_is_a_clear_error():
+    from distributed.scheduler import KilledWorker
+
+    from explorer.analyses.distributed import _result
+    from explorer.analyses.temperature import Batch
+
+    class KillsEveryWorker:                     # a finished future whose task killed its workers 3 times
+        def result(self):
+            raise KilledWorker("explorer-batch-answer-t0-q0", "tcp://127.0.0.1:1", allowed_failures=3)
+
+    batch = Batch("answer-t0-q0", "answer", 1.0, ((0, 0, "Q?"),), 2, 0, 4)
+    with pytest.raises(InputError, match=r"Batch answer-t0-q0 was running on every worker that died.*--resume"):
+        _result(KillsEveryWorker(), batch)

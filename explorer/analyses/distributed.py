@@ -211,6 +211,17 @@ def sweep_client(cluster: str = "", scheduler: str = "", model_name: str = "", l
         yield DaskExecutor(client, model_name, expected)
 
 
+def _result(future, batch: Batch) -> pd.DataFrame:
+    """A finished batch's rows; a batch that kept killing its workers is a clear :class:`InputError`."""
+    from distributed.scheduler import KilledWorker
+
+    try:
+        return future.result()
+    except KilledWorker as err:
+        raise InputError(f"Batch {batch.key} was running on every worker that died ({err}); it may need more "
+                         "memory than a worker has. Finished batches are stored: fix and --resume.") from err
+
+
 class DaskExecutor:
     """Runs batches on a Dask client's workers and hands each result to the caller as it completes."""
 
@@ -240,7 +251,8 @@ class DaskExecutor:
                 if not ready:
                     time.sleep(POLL_S)
                 for future in ready:
-                    done(futures.pop(future), future.result())
+                    batch = futures.pop(future)
+                    done(batch, _result(future, batch))
                     future.release()
         finally:
             if futures:

@@ -143,8 +143,8 @@ class EvaluationPanel(pn.viewable.Viewer):
         reliability.line([0, 1], [0, 1], color=GREY, line_dash="dashed")
         reliability.line("confidence", "accuracy", source=src["bins"], color=TEAL, line_width=2)
         dots = reliability.scatter("confidence", "accuracy", source=src["bins"], size="size", color=TEAL, alpha=0.6)
-        reliability.add_tools(HoverTool(renderers=[dots], tooltips=[("answers", "@count"), ("confidence", "@confidence{0.000}"),
-                                                                    ("share right", "@accuracy{0.000}")]))
+        reliability.add_tools(HoverTool(renderers=[dots], tooltips=[
+            ("answers", "@count"), ("confidence", "@confidence{0.000}"), ("share right", "@accuracy{0.000}")]))
         self._figures = {"roc": roc, "pr": pr, "rc": rc, "reliability": reliability}
 
     # ------------------------------------------------------------------ a run is opened
@@ -277,7 +277,9 @@ class EvaluationPanel(pn.viewable.Viewer):
                           + (f"-{int(counts.max())}" if counts.max() > counts.min() else "") + " answers")
 
     def _show_pair(self, a: str, b: str, t: float, diff: dict) -> None:
-        head = f"**{diff['statistic']}({html.escape(MEASURE_LABELS[a])}) − {diff['statistic']}({html.escape(MEASURE_LABELS[b])})** at T={t:g}"
+        name = diff["statistic"]
+        head = (f"**{name}({html.escape(MEASURE_LABELS[a])}) − {name}({html.escape(MEASURE_LABELS[b])})** "
+                f"at T={t:g}")
         if math.isnan(diff["estimate"]):
             self._pair.object = f"{head}: undefined. {html.escape(diff['note'])}"
             return
