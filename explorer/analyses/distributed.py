@@ -218,8 +218,11 @@ def _result(future, batch: Batch) -> pd.DataFrame:
     try:
         return future.result()
     except KilledWorker as err:
-        raise InputError(f"Batch {batch.key} was running on every worker that died ({err}); it may need more "
-                         "memory than a worker has. Finished batches are stored: fix and --resume.") from err
+        tries = getattr(err, "allowed_failures", None)
+        raise InputError(f"Batch {batch.key} was running on every worker that died"
+                         + (f" ({tries + 1} workers)" if isinstance(tries, int) else "")
+                         + "; it may need more memory than a worker has. Finished batches are stored: fix and "
+                           "--resume.") from err
 
 
 class DaskExecutor:
