@@ -122,9 +122,10 @@ def stored_run(tmp_path_factory):
     store = ResultsStore(db)
     questions = __import__("pandas").DataFrame({"question": ["A?", "B?"], "answers": [["a"], []]})
     run_id = store.create_run("m", {"temperatures": [0.3, 1.0], "n_samples": 2}, questions)
-    store.replace_measures(run_id, __import__("pandas").DataFrame(
-        [dict(question_index=q, temperature=t, measure=m, value=v) for m in ("se_discrete", "correct")
-         for q in range(2) for t, v in ((0.3, 0.1 * q), (1.0, 0.5 + q))]))
+    rows = [dict(question_index=q, temperature=t, measure="se_discrete", value=v)
+            for q in range(2) for t, v in ((0.3, 0.1 * q), (1.0, 0.5 + q))]
+    rows += [dict(question_index=q, temperature=t, measure="correct", value=float(q)) for q in range(2) for t in (0.3, 1.0)]
+    store.replace_measures(run_id, __import__("pandas").DataFrame(rows))
     store.close()
     return db, run_id
 
