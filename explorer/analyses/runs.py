@@ -264,7 +264,8 @@ class RunResults(Analysis):
         names = [m for m in self.measure_names if self.u_matrix(m).shape[1] == len(temps)]
         if not names:
             return pd.DataFrame()
-        u = torch.stack([torch.tensor(np.ascontiguousarray(self.u_matrix(m).to_numpy(dtype=float))) for m in names])   # [M, n, T]
+        u = torch.stack([torch.tensor(np.ascontiguousarray(self.u_matrix(m).to_numpy(dtype=float)))
+                         for m in names])                                                          # [M, n, T]
         rising = torch.stack([(u[..., cols].diff(dim=-1) > 0).all(-1) for _, cols in columns], -1)  # [M, n, C]
         indicator = rising.permute(1, 0, 2).reshape(u.shape[1], -1).double()                       # [n, M * C]
         ci = evaluation.bootstrap_ci(lambda w: 100 * (w @ indicator) / w.sum(-1, keepdim=True), u.shape[1],
@@ -313,7 +314,8 @@ class RunResults(Analysis):
 
     def _tensors(self, temperature: float, measures: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         table = self.labelled(temperature)
-        u = torch.tensor(np.ascontiguousarray(table[measures].to_numpy(dtype=float).T)).reshape(len(measures), len(table))
+        u = torch.tensor(np.ascontiguousarray(table[measures].to_numpy(dtype=float).T))
+        u = u.reshape(len(measures), len(table))
         return u, torch.tensor(np.ascontiguousarray(table["correct"].to_numpy(dtype=float)))
 
     @result("tables", "max_rejection", "n_resamples", "confidence", "bootstrap_seed", "ece_bins", heavy=True)

@@ -217,7 +217,7 @@ def test_evaluation_panel(app_url, page, screenshot, tmp_path):
     expect(table).to_contain_text("bins")                                   # ECE of MSP / P(True)
     expect(page.locator(".ev-tsu")).to_contain_text("TSU(0.5-1.5)")
     expect(page.locator(".ev-paired")).to_contain_text("two-sided bootstrap p", timeout=60_000)
-    assert panel.locator("canvas").count() >= 4                             # ROC, PR, risk-coverage, reliability
+    expect(panel.locator("canvas").nth(3)).to_be_attached(timeout=30_000)  # ROC, PR, risk-coverage, reliability
     page.wait_for_timeout(1500)
     panel.screenshot(path=str(SCREENSHOT_DIR / "temperature_evaluation_panel.png"))
     screenshot(page, "temperature_evaluation")
