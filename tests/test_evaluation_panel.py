@@ -320,7 +320,8 @@ def test_panel_fills_and_patches_its_plots_in_place(runs):
     lines = panel._notes.object.split("  \n")
     assert len(lines) == 2 and "(36 questions)" in lines[0] and lines[1].startswith("**Inv-Entropy** at T=1.5")
     assert set(panel._table.value["AUROC"]) == {"undefined"}
-    assert panel._src["roc"].data["xs"] == []              # no ROC curve without wrong answers
+    assert panel._src["roc"].data["xs"] == []              # no ROC curve without wrong answers, and why
+    assert panel._figures["roc"].title.text == "ROC (wrong = positive): undefined, needs right and wrong answers"
     assert "undefined" in panel._pair.object
     panel.max_rejection = 0.5                              # a setting reaches the analysis and recomputes
     panel.temperature = 1.0

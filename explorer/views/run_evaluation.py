@@ -255,6 +255,10 @@ class EvaluationPanel(pn.viewable.Viewer):
         colours = self._colours
         self._src["roc"].data = _curves(results.roc_curves(t, chosen), "fpr", "tpr", colours)
         self._src["pr"].data = _curves(results.pr_curves(t, chosen), "recall", "precision", colours)
+        for name, title, missing in (("roc", "ROC (wrong = positive)", "needs right and wrong answers"),
+                                     ("pr", "Precision-recall", "needs wrong answers")):
+            drawn = bool(self._src[name].data["xs"]) or not chosen
+            self._figures[name].title.text = title if drawn else f"{title}: undefined, {missing}"
         self._src["rc"].data = _curves(results.risk_coverage_curves(t, chosen), "coverage", "risk", colours)
         labelled = results.labelled(t)
         wrong = float((1 - labelled["correct"]).mean()) if len(labelled) else math.nan
