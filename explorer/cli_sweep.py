@@ -2,19 +2,23 @@
 
 The run id is printed as soon as the run exists, so a sweep killed or crashed mid-run can be finished
 with ``--resume RUN_ID`` (every batch stored before the stop is kept, none is drawn twice). On a
-terminal the progress is a bar; in a log file (stderr not a terminal) it is one line per step.
+terminal the progress is a tqdm bar (answers generated, rate, ETA; then the measures); in a log file
+(stderr not a terminal) it is one line per step with the same counts. ``--cluster local:N`` or
+``--scheduler tcp://HOST:8786`` samples on a Dask cluster (:mod:`explorer.analyses.distributed`);
+the run ends by printing its TSU and evaluation tables with bootstrap intervals.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import sys
-import threading
+import time
 
 import param
 
-from explorer.analyses.runs import list_runs
-from explorer.analyses.temperature import TemperatureAnalysis, parse_temperatures, resume_run
+from explorer.analyses.runs import RunResults, evaluation_display, list_runs, tsu_display
+from explorer.analyses.temperature import PLACEMENT, TemperatureAnalysis, parse_temperatures, resume_run
 from explorer.errors import InputError
 from explorer.progress import Cancelled, Progress
 
@@ -59,27 +63,70 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _phase(text: str | None) -> str:
+    return "measures" if text and text.startswith("measures") else "answers"
+
+
+class _BarProgress(Progress):
+    """A tqdm bar per phase: answers generated (rate, ETA; an upper bound when adaptive), then the
+    (question, temperature) pairs scored."""
+
+    def __init__(self):
+        super().__init__()
+        self._bar, self._unit = None, None
+
+    def update(self, done, total=1.0, text=None):
+        from tqdm import tqdm
+
+        unit = _phase(text) if text is not None else self._unit
+        if self._bar is None or unit != self._unit:
+            self.close()
+            self._bar = tqdm(total=total, unit=" " + ("(question, T)" if unit == "measures" else "answers"),
+                             file=sys.stderr, dynamic_ncols=True, desc=unit)
+            self._unit = unit
+        self._bar.total = total
+        self._bar.update(done - self._bar.n)
+        if text is not None:
+            self._bar.set_postfix_str(text[:60], refresh=False)
+        super().update(done, total, text)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
 class _LineProgress(Progress):
-    """Progress that writes one line per new step (for logs: stderr is not a terminal)."""
+    """One line per new step, with the counts, rate and ETA (for logs: stderr is not a terminal)."""
+
+    def __init__(self):
+        super().__init__()
+        self._started, self._unit = time.monotonic(), None
 
     def update(self, done, total=1.0, text=None):
         changed = text is not None and text != self.text
+        if text is not None and _phase(text) != self._unit:
+            self._started, self._unit = time.monotonic(), _phase(text)
         super().update(done, total, text)
         if changed:
-            print(f"[{self.fraction:6.1%}] {text}", file=sys.stderr, flush=True)
+            elapsed = time.monotonic() - self._started
+            rate = done / elapsed if elapsed > 0 else 0.0
+            eta = datetime.timedelta(seconds=round((total - done) / rate)) if rate > 0 else "?"
+            print(f"[{self.fraction:6.1%}] {text} · {done:g}/{total:g} {self._unit}, {rate:.2f}/s, ETA {eta}",
+                  file=sys.stderr, flush=True)
 
-
-def _bar(progress: Progress, done: threading.Event) -> None:
-    while not done.wait(0.5):
-        filled = int(progress.fraction * 30)
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {progress.fraction:6.1%} {progress.text[:60]:60s}")
-        sys.stderr.flush()
+    def close(self) -> None:
+        pass
 
 
 def _started(db: str):
     def report(run_id: str) -> None:
         print(f"run {run_id} started in {db}", file=sys.stderr, flush=True)
     return report
+
+
+def _dashboard(link: str) -> None:
+    print(f"Dask dashboard: {link}", file=sys.stderr, flush=True)
 
 
 def _list(db: str) -> int:
@@ -91,39 +138,61 @@ def _list(db: str) -> int:
     return 0
 
 
+def report(db: str, run_id: str) -> str:
+    """The run's TSU (with bootstrap intervals) and its evaluation table at every temperature, as text."""
+    results = RunResults(db, run_id)
+    summary = results.answers_summary()
+    lines = [f"run {run_id}: {summary['answers']} answers"
+             + (f" (adaptive: {summary['saved']:.0%} fewer than N for every question)" if summary["adaptive"] else "")]
+    tsu = results.tsu_intervals()
+    if not tsu.empty:
+        lines += [f"\nTSU, % of questions whose uncertainty rises strictly ({results.confidence:.0%} bootstrap interval "
+                  f"over questions):", tsu_display(tsu).to_string()]
+    table = results.evaluation()
+    if table.empty:
+        lines.append("\nno evaluation: the questions have no reference answers")
+        return "\n".join(lines)
+    lines.append(f"\nEvaluation against correctness (wrong = the most probable answer is wrong; {results.confidence:.0%} "
+                 f"bootstrap intervals over questions, {results.n_resamples} resamples):")
+    for t, part in table.groupby("temperature", sort=True):
+        lines += [f"\nT = {t:g}", evaluation_display(part.drop(columns="temperature")).drop(columns="note").to_string()]
+        for note, measures in part[part["note"] != ""].groupby("note").groups.items():
+            which = "every measure" if len(measures) == len(part) else ", ".join(measures)
+            lines.append(f"  {which}: {note}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    done = threading.Event()
-    if sys.stderr.isatty():
-        progress = Progress()
-        threading.Thread(target=_bar, args=(progress, done), daemon=True).start()
-    else:
-        progress = _LineProgress()
+    progress = _BarProgress() if sys.stderr.isatty() else _LineProgress()
+    placement = {name: getattr(args, name) for name in PLACEMENT}
     try:
         if args.list:
             return _list(args.db_path)
         if args.resume:
-            run_id = resume_run(args.db_path, args.resume, progress, on_start=_started(args.db_path))
+            run_id = resume_run(args.db_path, args.resume, progress, on_start=_started(args.db_path),
+                                on_cluster=_dashboard, **placement)
         else:
             settings = {name: getattr(args, name) for name in TemperatureAnalysis.param
                         if name not in NOT_FLAGS and hasattr(args, name)}
             settings["temperatures"] = parse_temperatures(args.temperatures)
             study = TemperatureAnalysis(**settings)
             study.validate()
-            print(f"{study.generations(len(study.questions()))} generations to do", file=sys.stderr, flush=True)
-            run_id = study.run(progress, on_start=_started(args.db_path))
+            print(f"{study.generations(len(study.questions()))} generations to do"
+                  + (" at most (adaptive)" if study.adaptive else ""), file=sys.stderr, flush=True)
+            run_id = study.run(progress, on_start=_started(args.db_path), on_cluster=_dashboard)
     except (InputError, ValueError) as err:
-        done.set()
+        progress.close()
         print(f"\nerror: {err}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Cancelled):
-        done.set()
+        progress.close()
         print("\nstopped; finished batches are stored: rerun with --resume <run id> (explorer sweep --list)",
               file=sys.stderr)
         return 130
-    finally:
-        done.set()
+    progress.close()
     print(f"\nrun {run_id} stored in {args.db_path}")
+    print(report(args.db_path, run_id))
     return 0
 
 

@@ -99,3 +99,26 @@ def test_killed_writer_is_recovered_from_the_wal(tmp_path):
         assert store.samples(run_id)["text"].tolist() == ["x", "y"]
     finally:
         store.close()
+
+
+def test_threads_opening_a_new_file_at_once(tmp_path):
+    """A page's jobs may open a new results file at the same moment (the runs table and a run): the
+    tables are created once, without a write-write conflict."""
+    import threading
+
+    for trial in range(5):
+        path = tmp_path / f"runs-{trial}.duckdb"
+        barrier, errors = threading.Barrier(4), []
+
+        def open_store():
+            barrier.wait()
+            try:
+                ResultsStore(path).close()
+            except Exception as err:  # noqa: BLE001 - collected for the assertion
+                errors.append(err)
+        threads = [threading.Thread(target=open_store) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors[0]

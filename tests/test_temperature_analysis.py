@@ -132,7 +132,8 @@ def test_end_to_end_stop_and_resume(tmp_path, monkeypatch):
     assert u.shape == (2, 2) and u.notna().all().all()
     assert list(results.tsu_table().columns) == ["TSU(0.3, 1.2)"]
     assert results.tsu_table().to_numpy().min() >= 0
-    assert set(results.evaluation().columns) == {"AUROC", "PRR"}
+    table = results.evaluation()
+    assert set(table["temperature"]) == {0.3, 1.2} and {"AUROC low", "PR-AUC", "PRR high", "E-AURC", "note"} <= set(table.columns)
     assert all(len(ids) == len(lp) for ids, lp in zip(s["token_ids"], s["token_log_probs"]))
 
 

@@ -5,6 +5,20 @@
 computes every measure per question and temperature (:mod:`explorer.analyses.uncertainty_measures`)
 and stores them in the DuckDB store. Stored runs are read back by :mod:`explorer.analyses.runs`.
 
+The unit of work is a :class:`Batch`: ``n`` answers to each of a few prompts at one temperature,
+drawn by :func:`sample_batch` from the batch's own seed (``batch_seed(seed, temperature index,
+first question)``), so a batch's answers do not depend on where or when it runs: in this process,
+or on any worker of a Dask cluster (``cluster`` / ``scheduler``, :mod:`explorer.analyses.distributed`),
+whose results this process stores as they arrive (the store has one writer).
+
+Adaptive sampling (``adaptive``, off by default): the answers of a batch are drawn in rounds of
+``adaptive_round``; after each round the answers so far are grouped into meaning classes (the run's
+equivalence) and a question stops by :func:`explorer.kernels.adaptive.adaptive_stop` (its semantic
+entropy moved less than ``adaptive_epsilon`` over the last ``adaptive_rounds`` rounds, with at least
+``adaptive_min`` answers; at most N = ``n_samples``). Round r of a batch draws from
+``batch_seed(batch seed, r)``, so an adaptive run is deterministic for a seed; the answers a question
+used are its stored answer rows.
+
 Inv-Entropy perturbations (``perturbation``) are paraphrases written by the model itself
 ("paraphrase") or GAAP, the paper's genetic algorithm over WordNet substitutes of the question's
 keywords ("gaap", offline, :mod:`explorer.data.perturbations`); either is stored with the run's
@@ -14,22 +28,29 @@ decode). Semantic equivalence: see :class:`~explorer.analyses.uncertainty_measur
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import pandas as pd
 import param
 
 from explorer.analyses.base import Analysis
-from explorer.analyses.uncertainty_measures import compute_measures
+from explorer.analyses.uncertainty_measures import Equivalence, compute_measures
 from explorer.data.questions import DEFAULT_QUESTIONS, load_questions
 from explorer.data.store import SAMPLE_COLUMNS, ResultsStore, default_db_path
 from explorer.data.uploads import Upload
 from explorer.errors import InputError
+from explorer.kernels.adaptive import adaptive_stop, round_class_counts
+from explorer.kernels.uncertainty import semantic_clusters
 from explorer.models.sampling import Sample, batch_seed, sample_answers
 from explorer.progress import Progress
 
 PARAPHRASE_INSTRUCTION = "Rewrite this question with different words, keeping its meaning. Reply with the question only:\n"
+#: settings that say where a run is computed, not what it computes: not stored with the run
+PLACEMENT = ("cluster", "scheduler")
 
 
 def parse_temperatures(values) -> list[float]:
@@ -50,6 +71,39 @@ def parse_temperatures(values) -> list[float]:
     return temps
 
 
+@dataclass(frozen=True)
+class AdaptiveRule:
+    """When to stop drawing answers to a question (see the module docstring)."""
+
+    round_size: int
+    epsilon: float
+    patience: int
+    n_min: int
+    n_max: int
+    nli_model: str = ""
+    threshold: float = 0.85
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One unit of work: ``n`` answers to each ``(question_index, variant, prompt)`` at ``temperature``
+    drawn from ``seed`` (kind "answer", "paraphrase" or "perturbed"), or ``n`` GAAP perturbations of
+    each question (kind "gaap", no model). Stored atomically under ``key``."""
+
+    key: str
+    kind: str
+    temperature: float
+    prompts: tuple[tuple[int, int, str], ...]
+    n: int
+    seed: int
+    max_new_tokens: int
+    adaptive: AdaptiveRule | None = None
+
+    @property
+    def generations(self) -> int:
+        """Answers this batch generates (at most, when adaptive)."""
+        return 0 if self.kind == "gaap" else len(self.prompts) * self.n
+
 class TemperatureAnalysis(Analysis):
     """Settings of one temperature-sensitivity run; ``run`` (``compute`` on a page) samples, scores and
     stores it and returns the run id."""
@@ -58,10 +112,21 @@ class TemperatureAnalysis(Analysis):
     questions_path = param.String(default=str(DEFAULT_QUESTIONS), label="Question set (file, folder or hf:owner/name)")
     max_questions = param.Integer(default=5, bounds=(1, None), label="Questions", doc="First N questions of the file.")
     temperatures = param.List(default=[0.3, 0.7, 1.0, 1.4], item_type=float, doc="Ascending temperatures.")
-    n_samples = param.Integer(default=10, bounds=(1, 200), label="Samples per question (N)")
+    n_samples = param.Integer(default=10, bounds=(1, 200), label="Samples per question (N)",
+                              doc="Answers per question and temperature (the most, N_max, when adaptive).")
     max_new_tokens = param.Integer(default=24, bounds=(1, 512), label="Max new tokens")
     seed = param.Integer(default=0, bounds=(0, None))
     batch_questions = param.Integer(default=4, bounds=(1, 64), label="Questions per generate call")
+    adaptive = param.Boolean(default=False, label="Adaptive sampling",
+                             doc="Draw answers in rounds and stop a question once its semantic entropy has settled "
+                                 "(moved less than epsilon over the last rounds), between N_min and N answers.")
+    adaptive_round = param.Integer(default=2, bounds=(1, 50), label="Answers per round")
+    adaptive_epsilon = param.Number(default=0.1, bounds=(0.0, None), inclusive_bounds=(False, True),
+                                    label="Settled when SE moves less than (nats)")
+    adaptive_rounds = param.Integer(default=2, bounds=(1, 20), label="... over this many rounds",
+                                    doc="Patience: the semantic entropy must stay within epsilon over this many rounds.")
+    adaptive_min = param.Integer(default=4, bounds=(1, 200), label="Adaptive N_min",
+                                 doc="No question stops with fewer answers.")
     equivalence_threshold = param.Number(default=0.85, bounds=(0.0, 1.0), label="Same meaning when cosine >=")
     nli_model = param.String(default="", label="NLI model (empty: cosine)",
                              doc="Hugging Face id or local path of an NLI model: answers mean the same when each "
@@ -80,6 +145,12 @@ class TemperatureAnalysis(Analysis):
     similarity_mapping = param.Selector(default="paper", objects=["paper", "abs"],
                                         doc="paper: (1 + cos) / 2; abs: |cos| (the reference code).")
     db_path = param.String(default=str(default_db_path()), label="Results database")
+    cluster = param.String(default="", label="Local Dask cluster (local:N)",
+                           doc="local:N samples on N worker processes of a Dask LocalCluster started for the run "
+                               "(one thread each); empty: in this process.")
+    scheduler = param.String(default="", label="Dask scheduler (tcp://HOST:8786)",
+                             doc="Address of a running Dask scheduler (e.g. started by dask-jobqueue on Slurm/PBS) whose "
+                                 "workers sample the batches; empty: in this process.")
     questions_upload = param.ClassSelector(class_=Upload, allow_None=True, precedence=-1,
                                            doc="An uploaded question file; used instead of questions_path when set.")
 
@@ -87,6 +158,10 @@ class TemperatureAnalysis(Analysis):
         temps = parse_temperatures(self.temperatures)
         if self.n_samples < 2:
             raise InputError("N must be at least 2: semantic measures compare answers with each other.")
+        if self.adaptive and self.adaptive_min > self.n_samples:
+            raise InputError(f"Adaptive N_min ({self.adaptive_min}) cannot exceed N ({self.n_samples}).")
+        if self.cluster.strip() and self.scheduler.strip():
+            raise InputError("Give a local cluster (local:N) or a scheduler address, not both.")
         if self.with_inv_entropy and self.perturbation == "gaap":
             from explorer.data.wordnet import load_wordnet
             load_wordnet()                                   # the clear install hint, before any run starts
@@ -98,16 +173,23 @@ class TemperatureAnalysis(Analysis):
         return load_questions(source).head(self.max_questions).reset_index(drop=True)
 
     def generations(self, n_questions: int | None = None, temperatures: int | None = None) -> int:
-        """Answers to generate for the whole run (the cost shown before it starts)."""
+        """Answers to generate for the whole run (the cost shown before it starts; at most, when adaptive)."""
         q = self.max_questions if n_questions is None else n_questions
         n_temperatures = len(self.temperatures) if temperatures is None else temperatures
         per_t = q * self.n_samples + (q * (self.n_perturbations + 1) * self.replicates if self.with_inv_entropy else 0)
         paraphrases = q * self.n_perturbations if self.with_inv_entropy and self.perturbation == "paraphrase" else 0
         return per_t * n_temperatures + paraphrases
 
+    def adaptive_rule(self) -> AdaptiveRule | None:
+        """The stopping rule of the answer batches (None: a fixed N)."""
+        if not self.adaptive:
+            return None
+        return AdaptiveRule(self.adaptive_round, self.adaptive_epsilon, self.adaptive_rounds, self.adaptive_min,
+                            self.n_samples, self.nli_model, self.equivalence_threshold)
+
     def settings(self) -> dict:
-        """The run's settings as stored with it (the store's path is not one of them)."""
-        names = [n for n in self.param if n not in ("name", "db_path", "questions_upload")]
+        """The run's settings as stored with it (where it is stored or computed is not one of them)."""
+        names = [n for n in self.param if n not in ("name", "db_path", "questions_upload", *PLACEMENT)]
         settings = {n: getattr(self, n) for n in names}
         if self.questions_upload is not None:
             settings["questions_path"] = f"upload:{self.questions_upload.name}"
@@ -119,62 +201,156 @@ class TemperatureAnalysis(Analysis):
         return self
 
     @classmethod
-    def from_settings(cls, settings: dict, db_path: str) -> "TemperatureAnalysis":
-        return cls(**{k: v for k, v in settings.items() if k in cls.param}, db_path=db_path)
+    def from_settings(cls, settings: dict, db_path: str, **placement) -> "TemperatureAnalysis":
+        return cls(**{k: v for k, v in settings.items() if k in cls.param and k not in PLACEMENT}, db_path=db_path,
+                   **placement)
+
+    @property
+    def model_label(self) -> str:
+        """The model's name as a run records it (the loaded model's ``name``)."""
+        from explorer.models.language_model import DEFAULT_MODEL
+        return self.model_name or DEFAULT_MODEL
 
     def run(self, progress: Progress | None = None, run_id: str | None = None, lm=None,
-            on_start: Callable[[str], None] | None = None) -> str:
+            on_start: Callable[[str], None] | None = None,
+            on_cluster: Callable[[str], None] | None = None) -> str:
         """Sample every batch not yet stored, then compute and store the measures. Resumes ``run_id``.
 
         ``on_start(run_id)`` is called once the run exists in the store (before any sampling), so a
-        caller can tell the user which run to resume after a crash.
+        caller can tell the user which run to resume after a crash; ``on_cluster(dashboard_url)``
+        once a Dask cluster is connected (``cluster`` / ``scheduler`` set). Sampling on a cluster
+        loads the model on the workers; this process loads it only for P(True).
         """
         temps = self.validate()
-        store = ResultsStore(self.db_path)
-        try:
+        with contextlib.ExitStack() as stack:
+            placement = stack.enter_context(contextlib.ExitStack())   # connect first: a bad address stores nothing
+            execute, lm = self._executor(placement, lm, progress, on_cluster)
+            store = ResultsStore(self.db_path)
+            stack.callback(store.close)
             if run_id is None:
-                from explorer.models.language_model import load_language_model
-                lm = lm or load_language_model(self.model_name or None)
-                run_id = store.create_run(lm.name, self.settings(), self.questions())
-            else:
-                lm = lm or _model_for(store.run(run_id)["settings"])
-            questions = store.questions(run_id)
+                run_id = store.create_run(lm.name if lm is not None else self.model_label, self.settings(),
+                                          self.questions())
             store.set_status(run_id, "running")
             if on_start is not None:
                 on_start(run_id)
             try:
-                _Runner(self, store, run_id, lm, questions, temps, progress).sample_all()
+                _Runner(self, store, run_id, store.questions(run_id), temps, progress).sample_all(execute)
+                placement.close()                                     # a local cluster ends with the sampling
+                if self.with_p_true and lm is None:
+                    lm = _model(self.model_name)
                 compute_measures(self, store, run_id, lm, progress)
             except BaseException:
                 store.set_status(run_id, "stopped")
                 raise
             store.set_status(run_id, "done")
             return run_id
-        finally:
-            store.close()
+
+    def _executor(self, placement: contextlib.ExitStack, lm, progress, on_cluster):
+        """``(execute, lm)``: batches run on a Dask cluster (connected now, closed with ``placement``;
+        no model here) or in this process with ``lm`` (loaded now)."""
+        if self.cluster.strip() or self.scheduler.strip():
+            from explorer.analyses.distributed import sweep_client
+
+            executor = placement.enter_context(sweep_client(self.cluster, self.scheduler, self.model_name))
+            if on_cluster is not None:
+                on_cluster(executor.dashboard_link)
+            return (lambda batches, done: executor.execute(batches, done, progress)), lm
+        lm = lm or _model(self.model_name)
+        return (lambda batches, done: execute_here(batches, lm, done, progress)), lm
 
 
 def resume_run(db_path: str, run_id: str, progress: Progress | None = None, lm=None,
-               on_start: Callable[[str], None] | None = None) -> str:
-    """Finish a stopped or crashed run with its stored settings (finished batches are skipped)."""
+               on_start: Callable[[str], None] | None = None, on_cluster: Callable[[str], None] | None = None,
+               **placement) -> str:
+    """Finish a stopped or crashed run with its stored settings (finished batches are skipped);
+    ``placement``: ``cluster`` / ``scheduler`` to finish it on a Dask cluster."""
     store = ResultsStore(db_path)
     try:
         settings = store.run(run_id)["settings"]
     finally:
         store.close()
-    return TemperatureAnalysis.from_settings(settings, db_path).run(progress, run_id=run_id, lm=lm, on_start=on_start)
+    return TemperatureAnalysis.from_settings(settings, db_path, **placement).run(progress, run_id=run_id, lm=lm,
+                                                                                 on_start=on_start, on_cluster=on_cluster)
 
 
-def _model_for(settings: dict):
+def _model(name: str):
     from explorer.models.language_model import load_language_model
-    return load_language_model(settings.get("model_name") or None)
+    return load_language_model(name or None)
+
+
+# ---------------------------------------------------------------------- batches
+
+def sample_batch(batch: Batch, lm=None, progress: Progress | None = None) -> pd.DataFrame:
+    """The stored rows (``SAMPLE_COLUMNS``) of one batch; the same for the same batch wherever it runs
+    (same torch threads and hardware: see :mod:`explorer.analyses.distributed`). ``progress`` shows the
+    batch's place in the model's queue and stops it."""
+    if batch.kind == "gaap":
+        return _gaap_rows(batch)
+    if batch.adaptive is not None:
+        drawn = _adaptive_samples(batch, lm, progress)
+    else:
+        drawn = sample_answers(lm, [p for _, _, p in batch.prompts], batch.temperature, batch.n,
+                               batch.max_new_tokens, batch.seed, progress=progress)
+    return pd.DataFrame([_row(batch.kind, batch.temperature, batch.prompts[x.prompt_index], x) for x in drawn],
+                        columns=SAMPLE_COLUMNS)
+
+
+def _adaptive_samples(batch: Batch, lm, progress: Progress | None = None) -> list[Sample]:
+    """Answers drawn in rounds until each prompt's semantic entropy settles (module docstring); round
+    r draws ``batch_seed(batch.seed, r)`` for the prompts still open, in prompt order."""
+    from explorer.models.embedder import load_embedder
+
+    rule = batch.adaptive
+    equivalence = Equivalence(rule.nli_model, rule.threshold, load_embedder())
+    drawn: dict[int, list[Sample]] = {p: [] for p in range(len(batch.prompts))}
+    open_prompts, round_index = list(drawn), 0
+    while open_prompts:
+        n = min(rule.round_size, rule.n_max - len(drawn[open_prompts[0]]))   # every open prompt has as many
+        new = sample_answers(lm, [batch.prompts[p][2] for p in open_prompts], batch.temperature, n,
+                             batch.max_new_tokens, batch_seed(batch.seed, round_index), progress=progress)
+        for x in new:
+            p = open_prompts[x.prompt_index]
+            drawn[p].append(dataclasses.replace(x, prompt_index=p, sample_index=len(drawn[p])))
+        open_prompts = [p for p in open_prompts if not _settled(drawn[p], batch.prompts[p][2], equivalence, rule)]
+        round_index += 1
+    return [x for p in sorted(drawn) for x in drawn[p]]
+
+
+def _settled(answers: list[Sample], question: str, equivalence: Equivalence, rule: AdaptiveRule) -> bool:
+    """True when the stopping rule says a question needs no more answers."""
+    ids = semantic_clusters(equivalence.matrix(question, [x.text for x in answers]))
+    counts = round_class_counts(ids, rule.round_size, rule.n_max)
+    return bool(adaptive_stop(counts, rule.epsilon, rule.patience, rule.n_min, rule.n_max).done)
+
+
+def _gaap_rows(batch: Batch) -> pd.DataFrame:
+    """GAAP perturbations of each question (no generation): one row per perturbation, ``sample_index``
+    its rank, ``prompt`` the question; question i is seeded ``batch_seed(batch.seed, 10, i)``."""
+    from explorer.data.perturbations import gaap_perturbations
+
+    rows = []
+    for i, _variant, question in batch.prompts:
+        found = gaap_perturbations(question, batch.n, seed=batch_seed(batch.seed, 10, i))
+        rows += [dict(kind="gaap", temperature=0.0, question_index=i, variant=0, sample_index=j, prompt=question,
+                      text=p.text, token_ids=[], token_log_probs=[], token_entropies=[]) for j, p in enumerate(found)]
+    return pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
+
+
+def execute_here(batches: Iterable[Batch], lm, done: Callable[[Batch, pd.DataFrame], None],
+                 progress: Progress | None = None) -> None:
+    """Run batches one after the other in this process, handing each result to ``done``."""
+    for batch in batches:
+        if progress is not None:
+            progress.check()
+        done(batch, sample_batch(batch, lm, progress))
 
 
 class _Runner:
-    """Plans the batches of a run and stores each finished one."""
+    """Plans the batches of a run, in two stages (the perturbed questions need the stored
+    paraphrases), hands those not yet stored to an executor and stores each result."""
 
-    def __init__(self, study, store, run_id, lm, questions, temps, progress):
-        self.s, self.store, self.run_id, self.lm, self.temps, self.progress = study, store, run_id, lm, temps, progress
+    def __init__(self, study, store, run_id, questions, temps, progress):
+        self.s, self.store, self.run_id, self.temps, self.progress = study, store, run_id, temps, progress
         self.questions = questions["question"].tolist()
         self.done = store.finished_batches(run_id)
         self.generated = 0
@@ -188,53 +364,61 @@ class _Runner:
         step = self.s.batch_questions
         return [(start, list(range(start, min(start + step, len(self.questions))))) for start in range(0, len(self.questions), step)]
 
-    def _batch(self, key: str, kind: str, temperature: float, prompts: list[tuple[int, int, str]], n: int, seed: int) -> None:
-        """Sample ``n`` answers to each (question_index, variant, prompt) and store them as batch ``key``."""
-        if key in self.done:
-            self._tick(len(prompts) * n, f"kept stored batch {key}")
-            return
-        samples = sample_answers(self.lm, [p for _, _, p in prompts], temperature, n, self.s.max_new_tokens, seed,
-                                 progress=self.progress)
-        frame = pd.DataFrame([_row(kind, temperature, prompts[x.prompt_index], x) for x in samples], columns=SAMPLE_COLUMNS)
-        self.store.add_batch(self.run_id, key, frame)
-        self._tick(len(samples), f"stored batch {key} ({kind} answers at T={temperature:g})")
+    def _batch(self, key: str, kind: str, temperature: float, prompts, n: int, seed: int, adaptive=None) -> Batch:
+        return Batch(key, kind, float(temperature), tuple(prompts), n, seed, self.s.max_new_tokens, adaptive)
 
-    def sample_all(self) -> None:
-        s = self.s
-        if s.with_inv_entropy and s.perturbation == "gaap":
-            for start, idx in self._chunks():
-                self._gaap_batch(start, idx)
-        elif s.with_inv_entropy:
-            for start, idx in self._chunks():
+    def first_stage(self) -> list[Batch]:
+        """Perturbations (paraphrases or GAAP) and every answer batch."""
+        s, batches = self.s, []
+        for start, idx in self._chunks():
+            if s.with_inv_entropy and s.perturbation == "gaap":
+                batches.append(self._batch(f"gaap-q{start}", "gaap", 0.0, [(i, 0, self.questions[i]) for i in idx],
+                                           s.n_perturbations, s.seed))
+            elif s.with_inv_entropy:
                 prompts = [(i, 0, PARAPHRASE_INSTRUCTION + self.questions[i]) for i in idx]
-                self._batch(f"para-q{start}", "paraphrase", 1.0, prompts, s.n_perturbations, batch_seed(s.seed, 9, start))
-        paraphrases = self._paraphrases() if s.with_inv_entropy else {}
+                batches.append(self._batch(f"para-q{start}", "paraphrase", 1.0, prompts, s.n_perturbations,
+                                           batch_seed(s.seed, 9, start)))
         for ti, t in enumerate(self.temps):
             for start, idx in self._chunks():
-                prompts = [(i, 0, self.questions[i]) for i in idx]
-                self._batch(f"answer-t{ti}-q{start}", "answer", t, prompts, s.n_samples, batch_seed(s.seed, ti, start))
-                if s.with_inv_entropy:
-                    variants = [(i, v, text) for i in idx for v, text in enumerate([self.questions[i], *paraphrases[i]])]
-                    self._batch(f"perturbed-t{ti}-q{start}", "perturbed", t, variants, s.replicates,
-                                batch_seed(s.seed, 100 + ti, start))
+                batches.append(self._batch(f"answer-t{ti}-q{start}", "answer", t, [(i, 0, self.questions[i]) for i in idx],
+                                           s.n_samples, batch_seed(s.seed, ti, start), s.adaptive_rule()))
+        return batches
 
-    def _gaap_batch(self, start: int, idx: list[int]) -> None:
-        """GAAP perturbations of the questions ``idx`` (no generation), stored as batch ``gaap-q<start>``
-        of kind "gaap": one row per perturbation, ``sample_index`` its rank, ``prompt`` the question."""
-        key = f"gaap-q{start}"
-        if key in self.done:
-            self._tick(0, f"kept stored batch {key}")
-            return
-        from explorer.data.perturbations import gaap_perturbations
+    def second_stage(self) -> list[Batch]:
+        """The perturbed questions' answers (Inv-Entropy), from the stored perturbations."""
+        if not self.s.with_inv_entropy:
+            return []
+        paraphrases, batches = self._paraphrases(), []
+        for ti, t in enumerate(self.temps):
+            for start, idx in self._chunks():
+                variants = [(i, v, text) for i in idx for v, text in enumerate([self.questions[i], *paraphrases[i]])]
+                batches.append(self._batch(f"perturbed-t{ti}-q{start}", "perturbed", t, variants, self.s.replicates,
+                                           batch_seed(self.s.seed, 100 + ti, start)))
+        return batches
 
-        rows = []
-        for i in idx:
-            found = gaap_perturbations(self.questions[i], self.s.n_perturbations, seed=batch_seed(self.s.seed, 10, i))
-            rows += [dict(kind="gaap", temperature=0.0, question_index=i, variant=0, sample_index=j,
-                          prompt=self.questions[i], text=p.text, token_ids=[], token_log_probs=[], token_entropies=[])
-                     for j, p in enumerate(found)]
-        self.store.add_batch(self.run_id, key, pd.DataFrame(rows, columns=SAMPLE_COLUMNS))
-        self._tick(0, f"stored batch {key} (GAAP perturbations)")
+    def sample_all(self, execute: Callable[[list[Batch], Callable[[Batch, pd.DataFrame], None]], None]) -> None:
+        """``execute(batches, done)`` runs the batches (here or on a cluster) and calls ``done`` with
+        each result, in this thread; stored batches are skipped."""
+        for stage in (self.first_stage, self.second_stage):
+            todo = []
+            for batch in stage():
+                if batch.key in self.done:
+                    self._tick(batch.generations, f"kept stored batch {batch.key}")
+                else:
+                    todo.append(batch)
+            if todo:
+                execute(todo, self._store)
+
+    def _store(self, batch: Batch, rows: pd.DataFrame) -> None:
+        self.store.add_batch(self.run_id, batch.key, rows)
+        self.done.add(batch.key)
+        if batch.kind == "gaap":
+            text = f"stored batch {batch.key} (GAAP perturbations)"
+        else:
+            text = f"stored batch {batch.key} ({batch.kind} answers at T={batch.temperature:g})"
+            if batch.adaptive is not None:
+                text += f": {len(rows)} of at most {batch.generations} answers"
+        self._tick(batch.generations, text)
 
     def _paraphrases(self) -> dict[int, list[str]]:
         table = self.store.samples(self.run_id, "gaap" if self.s.perturbation == "gaap" else "paraphrase")
@@ -249,6 +433,3 @@ def _row(kind: str, temperature: float, prompt: tuple[int, int, str], sample: Sa
     return dict(kind=kind, temperature=temperature, question_index=question_index, variant=variant,
                 sample_index=sample.sample_index, prompt=text, text=sample.text, token_ids=sample.token_ids,
                 token_log_probs=sample.token_log_probs, token_entropies=sample.token_entropies)
-
-
-# ---------------------------------------------------------------------- measures

@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS samples (run_id VARCHAR, batch_key VARCHAR, kind VARC
 CREATE TABLE IF NOT EXISTS measures (run_id VARCHAR, question_index INTEGER, temperature DOUBLE,
     measure VARCHAR, value DOUBLE);
 """
+_OPENING = threading.Lock()
 SAMPLE_COLUMNS = ["kind", "temperature", "question_index", "variant", "sample_index", "prompt", "text",
                   "token_ids", "token_log_probs", "token_entropies"]
 
@@ -52,8 +53,9 @@ class ResultsStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         try:
-            self._con = duckdb.connect(str(self.path))
-            self._con.execute(SCHEMA)
+            with _OPENING:   # connections of one process share the database: create its tables one at a time
+                self._con = duckdb.connect(str(self.path))
+                self._con.execute(SCHEMA)
         except duckdb.IOException as err:
             raise InputError(f"The results database {self.path} is in use by another process (locked) "
                              f"or cannot be opened: {str(err).splitlines()[0]}") from err

@@ -15,6 +15,7 @@ EXTENSIONS = ("tabulator", "filedropper")
 _COMPONENTS = {
     "TokenEntropyLens": "explorer.views.token_lens",
     "TemperatureSensitivity": "explorer.views.temperature",
+    "EvaluationPanel": "explorer.views.run_evaluation",
     "DiversityExplorer": "explorer.views.diversity",
     "ConformalExplorer": "explorer.views.conformal",
     "JobRunner": "explorer.views.jobs",

@@ -2,14 +2,18 @@
 
 A thin view over :class:`~explorer.analyses.temperature.TemperatureAnalysis` (the run's settings)
 and :class:`~explorer.analyses.runs.RunResults` (a stored run): the settings form comes from the
-analysis's parameters; sampling, reading a stored run, comparing two runs, a question's drill-down
-(embeddings, NLI) and reading an uploaded question file all run in the page's :class:`JobRunner`.
-Plots and tables read cached results only.
+analysis's parameters (adaptive sampling and the Dask cluster included: a run started here samples
+on the configured scheduler, and the page links its dashboard); sampling, reading a stored run,
+comparing two runs, the evaluation's bootstrap tables (:class:`~explorer.views.run_evaluation.EvaluationPanel`),
+a question's drill-down (embeddings, NLI) and reading an uploaded question file all run in the
+page's :class:`JobRunner`. Plots and tables read cached results only. An adaptive run is compared
+with a fixed-N run of the same questions when the store holds one.
 """
 
 from __future__ import annotations
 
 import html
+import json
 from urllib.parse import urlencode
 
 import holoviews as hv
@@ -19,19 +23,23 @@ import pandas as pd
 import panel as pn
 import param
 
-from explorer.analyses.runs import RunComparison, RunResults, export_run, list_runs
+from explorer.analyses.base import NotComputed
+from explorer.analyses.runs import RunComparison, RunResults, export_run, list_runs, with_intervals
 from explorer.analyses.temperature import TemperatureAnalysis, parse_temperatures
 from explorer.analyses.uncertainty_measures import MEASURE_LABELS
 from explorer.data.sources import QUESTION_SOURCES
 from explorer.errors import InputError
-from explorer.views.jobs import JobRunner
+from explorer.views.jobs import JobRunner, loop_caller
+from explorer.views.run_evaluation import EvaluationPanel
 from explorer.views.shared import ORANGE, TEAL, download_button, upload_widget, uploaded
 
 FORM = ("model_name", "questions_path", "max_questions", "n_samples", "max_new_tokens", "seed", "batch_questions",
+        "adaptive", "adaptive_round", "adaptive_epsilon", "adaptive_rounds", "adaptive_min",
         "equivalence_threshold", "nli_model", "correctness", "with_p_true", "with_inv_entropy", "perturbation",
-        "n_perturbations", "replicates", "bootstrap", "similarity_mapping", "db_path")
+        "n_perturbations", "replicates", "bootstrap", "similarity_mapping", "db_path", "scheduler", "cluster")
 INT_FIELDS = ("max_questions", "n_samples", "max_new_tokens", "seed", "batch_questions", "n_perturbations",
-              "replicates", "bootstrap")
+              "replicates", "bootstrap", "adaptive_round", "adaptive_rounds", "adaptive_min")
+CHECKBOXES = ("with_p_true", "with_inv_entropy", "adaptive")
 PLOT = dict(height=330, responsive=True, show_grid=True, toolbar="right")
 GREY = "#64748b"
 METHOD_NOTE = "MSP uses the most probable sampled answer."
@@ -111,6 +119,10 @@ class TemperatureSensitivity(pn.viewable.Viewer):
         self._question.param.watch(lambda e: setattr(self, "question_index", e.new), "value")
         self._drill = pn.Column(pn.pane.Markdown("Select a run to inspect its questions."), sizing_mode="stretch_width")
         self.param.watch(self._on_drill_choice, ["question_index", "drill_temperature"])
+        self.evaluation = EvaluationPanel(jobs=self.jobs)
+        self._dashboard = pn.pane.Markdown("", css_classes=["ts-dashboard"], sizing_mode="stretch_width")
+        self._call = loop_caller()
+        self._all_runs = pd.DataFrame()
         self._refresh_runs()
 
     # ------------------------------------------------------------------ actions (no computation here)
@@ -133,10 +145,19 @@ class TemperatureSensitivity(pn.viewable.Viewer):
             self.jobs.show_error(err)
             return
 
+        analysis = self.analysis
+
         def check_and_run(progress):
-            self.analysis.questions()   # a bad question file fails here, before any model loads
-            return self.analysis.compute(progress).last_run_id
-        self.jobs.submit(check_and_run, "Sampling", slot="run", on_done=self._opened_new_run)
+            analysis.questions()   # a bad question file fails here, before any model loads
+            return analysis.run(progress, on_cluster=self._cluster_connected)
+        self._dashboard.object = ""
+        self.jobs.submit(check_and_run, "Connecting to the Dask cluster" if analysis.cluster or analysis.scheduler
+                         else "Sampling", slot="run", on_done=self._opened_new_run)
+
+    def _cluster_connected(self, link: str) -> None:
+        """Called in the run's job once the Dask cluster answers: link its dashboard on the page."""
+        text = f"Sampling on a Dask cluster: [open its dashboard]({link}) (workers, tasks, progress)."
+        self._call(lambda: setattr(self._dashboard, "object", text))
 
     def _on_resume(self, _event) -> None:
         rows = self._runs.selection
@@ -146,7 +167,9 @@ class TemperatureSensitivity(pn.viewable.Viewer):
         from explorer.analyses.temperature import resume_run
 
         run_id, db = self._runs.value["run_id"].iloc[rows[0]], self.analysis.db_path
-        self.jobs.submit(lambda progress: resume_run(db, run_id, progress), "Resuming", slot="run",
+        placement = {"cluster": self.analysis.cluster, "scheduler": self.analysis.scheduler}
+        self.jobs.submit(lambda progress: resume_run(db, run_id, progress, on_cluster=self._cluster_connected,
+                                                     **placement), "Resuming", slot="run",
                          on_done=self._opened_new_run)
 
     def _opened_new_run(self, run_id: str) -> None:
@@ -173,9 +196,25 @@ class TemperatureSensitivity(pn.viewable.Viewer):
             self.drill_temperature = results.temperatures[0]
             self.results = results
         self._export.filename, self._export.disabled = f"run_{results.run_id}.zip", False
+        self.evaluation.results = results
         self._compare_options()
-        self._on_compare()
+        twin = self._fixed_n_twin(results) if results.is_adaptive and not self._compare.value else ""
+        if twin:
+            self._compare.value = twin                               # watched: compares with it
+        else:
+            self._on_compare()
         self._on_drill_choice()
+
+    def _fixed_n_twin(self, results: RunResults) -> str:
+        """The newest finished fixed-N run of the same questions, model and temperatures ("" if none)."""
+        settings = results.info["settings"]
+        same = ("questions_path", "max_questions", "temperatures", "model_name", "seed")
+        for row in self._all_runs.itertuples():
+            other = json.loads(row.settings) if isinstance(row.settings, str) else row.settings
+            if (row.run_id != results.run_id and row.status == "done" and not other.get("adaptive", False)
+                    and all(other.get(k) == settings.get(k) for k in same)):
+                return row.run_id
+        return ""
 
     def _compare_options(self) -> None:
         runs = self._runs.value
@@ -224,13 +263,14 @@ class TemperatureSensitivity(pn.viewable.Viewer):
     def _refresh_runs(self) -> None:
         """The past runs table, read in a job (the store may be large or held by a running sweep)."""
         def shown(runs):
+            self._all_runs = runs
             self._runs.value = runs[["run_id", "name", "created", "model", "status", "answers"]]
             self._compare_options()
         self.jobs.submit(lambda progress: list_runs(self.analysis.db_path), "Reading past runs", slot="runs",
                          on_done=shown)
 
     # ------------------------------------------------------------------ views
-    @param.depends("analysis.max_questions", "analysis.n_samples", "analysis.with_inv_entropy",
+    @param.depends("analysis.max_questions", "analysis.n_samples", "analysis.with_inv_entropy", "analysis.adaptive",
                    "analysis.perturbation", "analysis.n_perturbations", "analysis.replicates", "temperatures_text")
     def _cost(self):
         try:
@@ -238,7 +278,8 @@ class TemperatureSensitivity(pn.viewable.Viewer):
         except InputError as err:
             return pn.pane.Markdown(f"**Temperatures:** {html.escape(str(err))}", styles={"color": "#b91c1c"})
         generations = self.analysis.generations(temperatures=len(temps))
-        return pn.pane.Markdown(f"**Cost:** {generations:,} generations "
+        bound = "at most " if self.analysis.adaptive else ""
+        return pn.pane.Markdown(f"**Cost:** {bound}{generations:,} generations "
                                 f"({len(temps)} temperatures x {self.analysis.max_questions} questions).")
 
     @param.depends("results", "measure")
@@ -269,6 +310,7 @@ class TemperatureSensitivity(pn.viewable.Viewer):
             plot = hv.Curve([], "temperature", "uncertainty").opts(title="This measure is not in both runs", **PLOT)
         tsu = cmp.tsu().round(1)
         overview = cmp.overview()
+        side = self._side_by_side(cmp)
         equivalence = "  \n".join(f"**{key}** semantic equivalence: {html.escape(text)}"
                                    for key, text in overview["equivalence"].items())
         return pn.Column(
@@ -279,23 +321,61 @@ class TemperatureSensitivity(pn.viewable.Viewer):
             pn.pane.Markdown("#### TSU side by side (% of questions strictly increasing)"),
             pn.widgets.Tabulator(tsu, disabled=True, sizing_mode="stretch_width", name="comparison-tsu",
                                  height=min(50 + 31 * len(tsu), 640)),
-            sizing_mode="stretch_width")
+            *side, sizing_mode="stretch_width")
+
+    def _side_by_side(self, cmp: RunComparison) -> list:
+        """Answers generated by each run, and AUROC / TSU of both with intervals and their paired difference."""
+        answers = cmp.answers()
+        lines = [f"**{key}**: {int(row['answers']):,} answers"
+                 + (f" (adaptive: {row['saved']:.0%} fewer than a fixed N, {row['mean_per_question']:.1f} per question "
+                    "and temperature)" if row["adaptive"] else " (fixed N)") for key, row in answers.iterrows()]
+        parts = [pn.pane.Markdown("#### Answers generated\n" + "  \n".join(lines), css_classes=["comparison-answers"])]
+        t = cmp.default_temperature
+        if t is None:
+            return parts + [pn.pane.Markdown("The runs share no temperature: no side-by-side evaluation.")]
+        try:
+            with cmp.reading():
+                side = cmp.side_by_side(t)
+        except NotComputed:                     # the evaluation settings changed: recompute, then redraw
+            self.jobs.submit(lambda progress: cmp.side_by_side(t), "Comparing the runs' evaluations",
+                             slot="compare-evaluation", on_done=lambda _done: self.param.trigger("comparison"))
+            return parts + [pn.pane.Markdown("*Computing the side-by-side evaluation…*")]
+        except InputError as err:
+            return parts + [pn.pane.Markdown(html.escape(str(err)))]
+        names = ["A AUROC", "B AUROC", "ΔAUROC (A - B)", "A TSU", "B TSU"]
+        present = [n for n in names if n in side]
+        shown = with_intervals(side, present)
+        for n in ("A TSU", "B TSU"):
+            if n in side:
+                shown[n] = with_intervals(side, [n], 1)[n]
+        if "p" in side:
+            shown["p"] = side["p"].map(lambda p: "undefined" if pd.isna(p) else f"{p:.3f}")
+        paired = "ΔAUROC (A - B)" in side
+        note = ("paired bootstrap over the same questions" if paired else
+                "the runs ask different questions: no paired difference")
+        return parts + [pn.pane.Markdown(f"#### AUROC at T={t:g} and TSU over each run's temperatures, side by side "
+                                         f"({note})"),
+                        pn.widgets.Tabulator(shown.rename_axis("measure").reset_index(), disabled=True, show_index=False,
+                                             sizing_mode="stretch_width", css_classes=["comparison-evaluation"],
+                                             layout="fit_data_fill", frozen_columns=["measure"],
+                                             height=min(60 + 31 * len(shown), 640))]
 
     @param.depends("results")
-    def _tables(self):
+    def _run_summary(self):
         if self.results is None:
             return pn.pane.Markdown("No run selected.")
-        tsu = self.results.tsu_table().round(1)
-        parts = [pn.pane.Markdown("### TSU (% of questions strictly increasing)"),
-                 pn.widgets.Tabulator(tsu, disabled=True, sizing_mode="stretch_width", height=min(50 + 31 * len(tsu), 640))]
-        evaluation = self.results.evaluation().round(3)
-        if len(evaluation):
-            acc = ", ".join(f"T={t:g}: {v:.0%}" for t, v in self.results.accuracy().items())
-            parts += [pn.pane.Markdown(f"### AUROC / PRR for predicting a wrong answer\nAccuracy of the most probable "
-                                       f"answer: {acc}"),
-                      pn.widgets.Tabulator(evaluation, disabled=True, sizing_mode="stretch_width",
-                                           height=min(50 + 31 * len(evaluation), 640))]
-        return pn.Column(*parts, sizing_mode="stretch_width")
+        summary = self.results.answers_summary()
+        parts = [f"**Answers:** {summary['answers']:,}"]
+        if summary["adaptive"]:
+            s = self.results.info["settings"]
+            parts.append(f"adaptive sampling (rounds of {s.get('adaptive_round')}, ε = {s.get('adaptive_epsilon'):g} "
+                         f"over {s.get('adaptive_rounds')} rounds, N_min {s.get('adaptive_min')}, N {s.get('n_samples')}): "
+                         f"{summary['saved']:.0%} fewer than a fixed N ({summary['fixed_n_answers']:,}), "
+                         f"{summary['mean_per_question']:.1f} per question and temperature")
+        if self.results.has_labels:
+            parts.append("accuracy of the most probable answer: "
+                         + ", ".join(f"T={t:g}: {v:.0%}" for t, v in self.results.accuracy().items()))
+        return pn.pane.Markdown(" · ".join(parts), css_classes=["ts-run-summary"], sizing_mode="stretch_width")
 
     def _show_drill(self, results: RunResults, question_index: int, temperature: float, answers: pd.DataFrame,
                     matrices) -> None:
@@ -343,16 +423,18 @@ class TemperatureSensitivity(pn.viewable.Viewer):
                         widgets={"model_name": {"placeholder": "SmolLM2-135M-Instruct"},
                                  "nli_model": {"placeholder": "e.g. microsoft/deberta-large-mnli"},
                                  "questions_path": {"placeholder": "file, dataset folder or hf:owner/name"},
+                                 "scheduler": {"placeholder": "tcp://HOST:8786 (empty: this process)"},
+                                 "cluster": {"placeholder": "local:2 (empty: this process)"},
                                  **{n: {"type": pn.widgets.Checkbox, "css_classes": [f"ts-{n.replace('_', '-')}"]}
-                                    for n in ("with_p_true", "with_inv_entropy")},
+                                    for n in CHECKBOXES},
                                  **{n: pn.widgets.IntInput for n in INT_FIELDS}})
         settings = pn.Column("### Run settings", pn.widgets.TextInput.from_param(self.param.temperatures_text, width=280),
                              form, self._upload, self._cost, pn.Row(self._start, self._resume), width=320)
         results = pn.Column(
             self._equivalence_note,
-            self.jobs, "### Past runs", self._runs, self._export,
+            self.jobs, self._dashboard, "### Past runs", self._runs, self._export, self._run_summary,
             pn.widgets.Select.from_param(self.param.measure, width=320),
             pn.pane.HoloViews(self._curves, sizing_mode="stretch_width"),
-            self._tables, "### Compare with another run", self._compare, self._comparison_view, "### Drill-down", pn.Row(self._question, pn.widgets.Select.from_param(
+            "### Evaluation against correctness", self.evaluation, "### Compare with another run", self._compare, self._comparison_view, "### Drill-down", pn.Row(self._question, pn.widgets.Select.from_param(
                 self.param.drill_temperature, width=200), sizing_mode="stretch_width"), self._drill, sizing_mode="stretch_width")
         return pn.Row(settings, results, sizing_mode="stretch_width")

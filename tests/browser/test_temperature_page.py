@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from playwright.sync_api import expect
 
+from tests.conftest import SCREENSHOTS as SCREENSHOT_DIR
 from tests.conftest import wait_idle
 
 pytestmark = [pytest.mark.browser, pytest.mark.model]
@@ -37,7 +38,7 @@ def checkbox(page, css_class: str):
 
 def _wait_visible(page, text: str, timeout_ms: int) -> bool:
     try:
-        page.get_by_text(text).wait_for(timeout=timeout_ms)
+        page.get_by_text(text).first.wait_for(timeout=timeout_ms)
         return True
     except Exception:  # noqa: BLE001 - playwright's TimeoutError: the caller retries
         return False
@@ -75,9 +76,11 @@ def test_tiny_run_drill_down_and_reopen(app_url, page, screenshot, tmp_path):
     screenshot(page, "temperature_running")
     runs = page.locator(".bk-panel-models-tabulator-DataTabulator, .tabulator").first
     expect(runs).to_contain_text("done", timeout=RUN_TIMEOUT_MS)
-    expect(page.get_by_text("TSU (% of questions strictly increasing)")).to_be_visible(timeout=60_000)
-    expect(page.get_by_text("TSU(0.3, 1.2)")).to_be_visible()
-    expect(page.get_by_text("AUROC / PRR")).to_be_visible()
+    expect(page.get_by_text("TSU with bootstrap intervals (% of questions strictly increasing)")).to_be_visible(
+        timeout=60_000)
+    expect(page.locator(".ev-tsu")).to_contain_text("TSU(0.3, 1.2)", timeout=60_000)
+    expect(page.get_by_text("Evaluation against correctness")).to_be_visible()
+    expect(page.locator(".ev-table")).to_contain_text("AUROC")
     assert page.locator(".bk-Canvas, canvas").count() > 0
     screenshot(page, "temperature_results")
 
@@ -107,7 +110,7 @@ def test_tiny_run_drill_down_and_reopen(app_url, page, screenshot, tmp_path):
     set_text(page, "Questions", "3")
     checkbox(page, "ts-with-inv-entropy").uncheck()
     checkbox(page, "ts-with-p-true").uncheck()
-    expect(page.get_by_text(re.compile(r"\b12 generations")).first).to_be_visible()
+    expect(page.get_by_text(re.compile(r"\b12 generations")).first).to_be_visible(timeout=30_000)
     page.get_by_role("button", name="Start run").click()
     expect(page.get_by_text("TSU(0.5, 1.5)").first).to_be_visible(timeout=RUN_TIMEOUT_MS)
     expect(runs.locator(".tabulator-row")).to_have_count(2, timeout=30_000)
@@ -147,8 +150,103 @@ def test_tiny_run_drill_down_and_reopen(app_url, page, screenshot, tmp_path):
     # row toggles it off, so a third selects it again. The run must open within those attempts.
     for _attempt in range(3):
         runs.locator(".tabulator-row").last.locator(".tabulator-cell[tabulator-field='status']").click()
-        if page.get_by_text("TSU(0.3, 1.2)").is_visible() or _wait_visible(page, "TSU(0.3, 1.2)", 20_000):
+        if page.get_by_text("TSU(0.3, 1.2)").first.is_visible() or _wait_visible(page, "TSU(0.3, 1.2)", 20_000):
             break
-    expect(page.get_by_text("TSU(0.3, 1.2)")).to_be_visible(timeout=60_000)
+    expect(page.locator(".ev-tsu")).to_contain_text("TSU(0.3, 1.2)", timeout=60_000)
     screenshot(page, "temperature_reopened")
+    assert not page.errors, page.errors
+
+
+# ---------------------------------------------------------------------- the evaluation panel (stored runs, no sampling)
+
+def _answers(n_used: dict[tuple[int, float], int]) -> pd.DataFrame:
+    from explorer.data.store import SAMPLE_COLUMNS
+
+    rows = [dict(kind="answer", temperature=t, question_index=q, variant=0, sample_index=j, prompt=f"Q{q}?",
+                 text=f"answer {j % 3}", token_ids=[1, 2], token_log_probs=[-0.5, -0.2], token_entropies=[1.0, 0.5])
+            for (q, t), n in n_used.items() for j in range(n)]
+    return pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
+
+
+def evaluation_store(db: str) -> tuple[str, str]:
+    """Two stored runs of the same 36 labelled questions: a fixed-N run (N = 10) and an adaptive one
+    (4 to 10 answers), with synthetic measures (every answer right at T = 1.5)."""
+    from explorer.data.store import ResultsStore
+    from tests.test_evaluation_panel import N_QUESTIONS, TEMPS, stored_run, synthetic_measures
+
+    store = ResultsStore(db)
+    try:
+        fixed = stored_run(store, synthetic_measures(0))
+        adaptive = stored_run(store, synthetic_measures(1, shift=0.6))
+        settings = dict(temperatures=TEMPS, n_samples=10, questions_path="synthetic", max_questions=N_QUESTIONS,
+                        model_name="", seed=0)
+        store.update_settings(fixed, **settings, adaptive=False)
+        store.update_settings(adaptive, **settings, adaptive=True, adaptive_round=2, adaptive_epsilon=0.1,
+                              adaptive_rounds=2, adaptive_min=4)
+        store.add_batch(fixed, "answer", _answers({(q, t): 10 for q in range(N_QUESTIONS) for t in TEMPS}))
+        store.add_batch(adaptive, "answer", _answers({(q, t): 4 + 2 * ((q + int(2 * t)) % 4)
+                                                      for q in range(N_QUESTIONS) for t in TEMPS}))
+    finally:
+        store.close()
+    return fixed, adaptive
+
+
+def select_run(page, run_id: str, expected_text: str) -> None:
+    runs = page.locator(".tabulator").first
+    row = runs.locator(".tabulator-row", has_text=run_id)
+    expect(row).to_have_count(1, timeout=30_000)
+    page.wait_for_timeout(1000)          # the table is re-filled when the database path is set: let it settle
+    for _attempt in range(3):            # a click lost during a refill (see the test above)
+        row.locator(".tabulator-cell[tabulator-field='status']").click()
+        if _wait_visible(page, expected_text, 20_000):
+            return
+    expect(page.get_by_text(expected_text).first).to_be_visible(timeout=30_000)
+
+
+def test_evaluation_panel(app_url, page, screenshot, tmp_path):
+    db = str(tmp_path / "runs.duckdb")
+    fixed, adaptive = evaluation_store(db)
+    open_page(page, app_url, db)
+
+    # the fixed-N run: the table with intervals at T = 1 (closest to 1), three curves, reliability with ECE
+    select_run(page, fixed, "Evaluation against correctness")
+    panel = page.locator(".ev-panel")
+    expect(panel.get_by_text(re.compile(r"At T=1: 36 questions with reference answers")).first).to_be_visible(timeout=60_000)
+    table = page.locator(".ev-table")
+    expect(table).to_contain_text(re.compile(r"0\.\d{3} \[0\.\d{3}, 0\.\d{3}\]"))
+    expect(table).to_contain_text("bins")                                   # ECE of MSP / P(True)
+    expect(page.locator(".ev-tsu")).to_contain_text("TSU(0.5-1.5)")
+    expect(page.locator(".ev-paired")).to_contain_text("two-sided bootstrap p", timeout=60_000)
+    expect(panel.locator("canvas").nth(3)).to_be_attached(timeout=30_000)  # ROC, PR, risk-coverage, reliability
+    page.wait_for_timeout(1500)
+    panel.screenshot(path=str(SCREENSHOT_DIR / "temperature_evaluation_panel.png"))
+    screenshot(page, "temperature_evaluation")
+
+    # overlay one more measure: the curves are patched in place (no new plot)
+    choice = page.locator(".ev-measures input").first
+    choice.click()
+    choice.fill("Inv")
+    page.keyboard.press("Enter")
+    page.keyboard.press("Escape")
+    page.wait_for_timeout(1500)
+
+    # every answer right at T = 1.5: said in words, no NaN anywhere
+    field(page, "Evaluate at T", "select").select_option(label="1.5")
+    notes = page.locator(".ev-undefined")
+    expect(notes).to_contain_text("every answer is right (36 questions)", timeout=60_000)
+    expect(table).to_contain_text("undefined")
+    expect(page.locator(".ev-paired")).to_contain_text("undefined", timeout=60_000)
+    assert "NaN" not in panel.inner_text() and "nan" not in table.inner_text()
+    page.wait_for_timeout(1000)
+    panel.screenshot(path=str(SCREENSHOT_DIR / "temperature_evaluation_undefined.png"))
+
+    # the adaptive run: answers saved, and compared with the fixed-N run of the same questions
+    select_run(page, adaptive, "adaptive sampling (rounds of 2")
+    expect(page.locator(".ts-run-summary")).to_contain_text("fewer than a fixed N")
+    expect(page.get_by_text("AUROC at T=1 and TSU over each run's temperatures, side by side").first).to_be_visible(
+        timeout=120_000)
+    expect(page.locator(".comparison-answers")).to_contain_text("A: ")
+    expect(page.locator(".comparison-answers")).to_contain_text("(fixed N)")
+    page.wait_for_timeout(1500)
+    screenshot(page, "temperature_adaptive_vs_fixed")
     assert not page.errors, page.errors
