@@ -50,7 +50,7 @@ class ScriptedSampler:
     def round_of(self, seed: int) -> int:
         return next(r for base in self.batch_seeds for r in range(20) if batch_seed(base, r) == seed)
 
-    def __call__(self, lm, prompts, temperature, n_samples, max_new_tokens, seed=0, chat=True):
+    def __call__(self, lm, prompts, temperature, n_samples, max_new_tokens, seed=0, chat=True, progress=None):
         r = self.round_of(seed)
         self.calls.append((tuple(prompts), n_samples, r))
         return [Sample(p, j, SCRIPT[prompt][r * RULE.round_size + j], [7, j], [-0.5, -0.1 * (j + 1)], [1.0, 0.5])
