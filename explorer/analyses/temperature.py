@@ -80,6 +80,8 @@ class TemperatureAnalysis(Analysis):
     similarity_mapping = param.Selector(default="paper", objects=["paper", "abs"],
                                         doc="paper: (1 + cos) / 2; abs: |cos| (the reference code).")
     db_path = param.String(default=str(default_db_path()), label="Results database")
+    run_by = param.String(default="", label="Started by", precedence=-1,
+                          doc="Who started the run (the logged-in user on a server with authentication).")
     questions_upload = param.ClassSelector(class_=Upload, allow_None=True, precedence=-1,
                                            doc="An uploaded question file; used instead of questions_path when set.")
 

@@ -35,6 +35,7 @@ from explorer.data.classifier_outputs import KINDS
 from explorer.data.sources import CLASSIFIER_SOURCES
 from explorer.errors import InputError
 from explorer.views.jobs import JobRunner
+from explorer.views.server import adopt_warm_results
 from explorer.views.shared import AMBER, GREY, INK, RED, TEAL, card, download_button, on_open, upload_widget, \
     uploaded, warning_notes
 
@@ -163,6 +164,7 @@ class ConformalExplorer(pn.viewable.Viewer):
         """Show what is cached now; compute the rest in the job runner, then show everything."""
         if self.analysis.outputs is None:
             return
+        adopt_warm_results(self.analysis)
         self._show()
         if not self.analysis.is_computed():
             self.jobs.submit(self.analysis.compute, "Computing the sets", slot="compute", on_done=self._show_all,

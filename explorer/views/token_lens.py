@@ -25,6 +25,7 @@ from explorer.analyses.token_lens import BUCKET_LABELS, RULE_SETTINGS, SMALL_MUL
 from explorer.errors import InputError
 from explorer.kernels.decoding import RULES
 from explorer.views.jobs import JobRunner
+from explorer.views.server import adopt_warm_results
 from explorer.views.shared import AMBER, INK, PURPLE, TEAL, card, download_button, on_open
 
 RESULTS_WIDTH = 740
@@ -120,6 +121,7 @@ class TokenEntropyLens(pn.viewable.Viewer):
     def _run(self, mode: str) -> None:
         self.analysis.mode = mode
         label = "Generating" if mode == "generate" else "Scoring"
+        adopt_warm_results(self.analysis)
         self.jobs.submit(self.analysis.compute, label, slot="run", on_done=self._show_run, on_error=self._show_run)
 
     def _on_display(self, *_events) -> None:
