@@ -43,7 +43,8 @@ def _serve(args) -> int:
         print("error: --num-procs must be at least 1 and --num-threads at least 0", file=sys.stderr)
         return 2
     command, env = serve_command(args)
-    return subprocess.call(command, env=env)
+    sys.stdout.flush()
+    os.execve(command[0], command, env)   # the server takes this process over: signals reach it directly
 
 
 def _prepare(args) -> int:

@@ -15,6 +15,7 @@ the page; any other exception is logged with its traceback and shown with its ty
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
 import threading
 import time
@@ -215,14 +216,14 @@ class JobRunner(pn.viewable.Viewer):
         """Show an error (or a plain warning text) in the message box."""
         text = err if isinstance(err, str) else error_message(err)
         self.message = text
-        self._alert.object = text
+        self._alert.object = html.escape(text)   # file names and typed values are shown, never rendered
         self._alert.alert_type = "warning" if isinstance(err, (InputError, str)) else "danger"
         self._alert.visible = True
 
     def show_message(self, text: str) -> None:
         """A neutral note in the message box (e.g. "Loaded 12 questions")."""
         self.message = text
-        self._alert.object = text
+        self._alert.object = html.escape(text)
         self._alert.alert_type = "info"
         self._alert.visible = True
 

@@ -18,7 +18,9 @@ script it is used as typed; when served it must lie in :func:`explorer.data.path
 
 from __future__ import annotations
 
+import faulthandler
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +28,8 @@ from importlib import import_module
 from pathlib import Path
 
 import panel as pn
+from bokeh.document import Document
+from panel.io.state import set_curdoc
 
 from explorer.analyses.base import Analysis
 from explorer.data.hub_datasets import is_dataset_source
@@ -39,6 +43,7 @@ _WARM: dict[type, Analysis] = {}
 _WARM_LOCK = threading.Lock()
 _STARTED = threading.Event()
 WARM_STEPS = ("conformal", "diversity", "lens")
+WARM_TIMEOUT_S = 900
 
 
 # ----------------------------------------------------------------------------------------- paths
@@ -118,12 +123,18 @@ def warm_analysis(kind: type) -> Analysis | None:
 
 
 def _warm_page(module: str, component: str) -> Analysis:
-    """Open a page as a session would (its default data, computed in its job runner, every result it
-    shows read once) and return its analysis."""
-    page = getattr(import_module(module), component)()
-    page.jobs.wait()
-    if not page.analysis.is_computed():
-        raise RuntimeError(page.jobs.message or f"{component} did not compute its default view")
+    """Open a page as a script would (its default data, computed in its job runner, every result it
+    shows read once) and return its analysis. The page gets a document of its own: without one, a
+    session the server is creating meanwhile would be taken for this page's (Bokeh's current
+    document is process-wide while an app runs)."""
+    with set_curdoc(Document()):
+        page = getattr(import_module(module), component)()
+        deadline = time.monotonic() + WARM_TIMEOUT_S
+        while not page.analysis.is_computed():   # a page's jobs may chain (load, then compute)
+            page.jobs.wait(WARM_TIMEOUT_S)
+            if page.jobs.message and not page.jobs.busy() or time.monotonic() > deadline:
+                raise RuntimeError(page.jobs.message or f"{component} did not compute its default view")
+            time.sleep(0.1)
     return page.analysis
 
 
@@ -164,6 +175,14 @@ def start(warm_steps: tuple[str, ...] = WARM_STEPS) -> None:
     if _STARTED.is_set():
         return
     _STARTED.set()
+    if not log.handlers:   # panel serve shows Bokeh's log only: say what warming did
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
     quiet_closed_connections()
+    if hasattr(signal, "SIGUSR1"):   # `kill -USR1 <pid>` prints every thread's stack (a hung server)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     if warm_steps:
         warm_in_background(warm_steps)
