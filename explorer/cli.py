@@ -8,20 +8,43 @@ import subprocess
 import sys
 from pathlib import Path
 
+from explorer.data.paths import DATA_DIR_VARIABLE
 from explorer.errors import InputError
 
 APP = Path(__file__).resolve().parents[1] / "apps" / "entropy_explorer.py"
+SETUP = APP.with_name("server_setup.py")
+
+
+def serve_command(args) -> tuple[list[str], dict[str, str]]:
+    """The ``panel serve`` command line and environment that ``explorer serve`` runs."""
+    command = [sys.executable, "-m", "panel", "serve", str(APP), "--port", str(args.port),
+               "--address", args.address]
+    if args.show:
+        command.append("--show")
+    command += server_options(args)
+    env = {**os.environ, DATA_DIR_VARIABLE: str(Path(args.data_dir).expanduser().resolve()) if args.data_dir
+           else os.environ.get(DATA_DIR_VARIABLE, ""), "ENTROPY_EXPLORER_WARM": "" if args.no_warm else "all"}
+    return command, env
+
+
+def server_options(args) -> list[str]:
+    """Threads, processes and the start-up script (quiet logs, warm caches: explorer.views.server)."""
+    options = ["--setup", str(SETUP), "--num-procs", str(args.num_procs)]
+    if args.num_threads is not None:
+        options += ["--num-threads", str(args.num_threads)]
+    return options
 
 
 def _serve(args) -> int:
     if not APP.exists():
         print(f"error: the app file {APP} is missing (run from a source checkout)", file=sys.stderr)
         return 2
-    command = [sys.executable, "-m", "panel", "serve", str(APP), "--port", str(args.port),
-               "--address", args.address]
-    if args.show:
-        command.append("--show")
-    return subprocess.call(command)
+    if args.num_procs < 1 or (args.num_threads is not None and args.num_threads < 0):
+        print("error: --num-procs must be at least 1 and --num-threads at least 0", file=sys.stderr)
+        return 2
+    command, env = serve_command(args)
+    sys.stdout.flush()
+    os.execve(command[0], command, env)   # the server takes this process over: signals reach it directly
 
 
 def _prepare(args) -> int:
@@ -67,6 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=5006)
     serve.add_argument("--address", default="127.0.0.1")
     serve.add_argument("--show", action="store_true", help="open a browser tab")
+    serve.add_argument("--data-dir", default=None, metavar="DIR",
+                       help="the one folder where the served pages keep result stores and read question files; "
+                            "a typed path outside it is refused (default: $ENTROPY_EXPLORER_DATA_DIR or "
+                            "entropy-explorer in your user data folder)")
+    serve.add_argument("--num-threads", type=int, default=None, metavar="N",
+                       help="threads that handle browser events (Panel's --num-threads); long work always runs in "
+                            "its own job threads (default: the event loop handles events)")
+    serve.add_argument("--num-procs", type=int, default=1, metavar="N",
+                       help="server processes sharing the port; each loads its own models and caches "
+                            "(about 1.2 GB each once every page was opened)")
+    serve.add_argument("--no-warm", action="store_true",
+                       help="do not precompute the default pages' results when the server starts")
     serve.set_defaults(run=_serve)
     prepare = commands.add_parser("prepare", help="convert the embedded default model once (cached)")
     prepare.set_defaults(run=_prepare)

@@ -22,6 +22,16 @@ CHROMIUM_ARGS = [
 ]
 
 
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", default=False,
+                     help="fuzz the loaders with twenty times more (random, not derandomised) examples")
+
+
+def pytest_configure(config):
+    if config.getoption("--slow"):
+        os.environ["EXPLORER_FUZZ_SCALE"] = "20"   # read by tests/test_fuzz_loaders.py
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 
-import holoviews as hv
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -128,35 +126,3 @@ def test_cip_estimate_and_entropy_are_reported(outputs):
     assert summary["cip_bits"] == pytest.approx(float(cp.cip_entropy_bits(sizes, hit, 0.1, summary["n_calibration"], 6)))
     _, _, test = analysis.split()
     assert summary["mean_entropy_bits"] == pytest.approx(float(cp.predictive_entropy_bits(outputs.probs[test]).mean()))
-
-
-def test_view_renders_and_follows_alpha(outputs):
-    import panel as pn
-
-    from explorer.views import ConformalExplorer
-
-    view = ConformalExplorer(analysis=ConformalAnalysis(outputs=outputs))
-    view.jobs.wait()   # the page computes its sets in its job runner
-    pn.panel(view).get_root()  # builds every Bokeh model, as a notebook or the server does
-    before = view._summary.object
-    view.analysis.alpha = 0.3
-    view.jobs.wait()
-    after = view._summary.object
-    assert "synthetic" in after and before != after and "target ≥ 70.0%" in after
-    assert not view._table.value.empty
-    assert isinstance(view._plots["split_coverage"].object, hv.Overlay)
-
-
-def test_one_alpha_move_computes_each_result_once(outputs):
-    from explorer.views import ConformalExplorer
-
-    view = ConformalExplorer(analysis=ConformalAnalysis(outputs=outputs, method="aps"))
-    view.jobs.wait()
-    before = dict(view.analysis.computations)
-    view.analysis.alpha = 0.2
-    view.jobs.wait()
-    moved = {name: count - before.get(name, 0) for name, count in view.analysis.computations.items()
-             if count > before.get(name, 0)}
-    assert max(moved.values()) == 1, moved                     # nothing computed twice
-    assert moved.get("summary") == 1 and moved.get("test_sizes_and_coverage") == 1
-    assert "ranked" not in moved and "alpha_curve" not in moved  # alpha-independent results are reused

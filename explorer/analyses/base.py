@@ -201,6 +201,19 @@ class Analysis(param.Parameterized):
             for key in [k for k in self._results if keep is None or not keep(k)]:
                 del self._results[key]
 
+    def adopt_results(self, other: "Analysis") -> None:
+        """Take over the cached results of ``other`` (an analysis of the same class, e.g. one a server
+        computed at start) that were computed for this analysis's current settings. Results are
+        shared, not copied: cached results are read-only."""
+        if type(other) is not type(self):
+            raise TypeError(f"cannot adopt results of a {type(other).__name__} into a {type(self).__name__}")
+        with other._results_lock:
+            entries = list(other._results.items())
+        with self._results_lock:
+            for key, (token, value) in entries:
+                if key not in self._results and token == self._token(key[0]):
+                    self._results[key] = (token, value)
+
     def is_cached(self, name: str, *args, **kwargs) -> bool:
         """True when result ``name`` for these arguments is cached for the current settings."""
         with self._results_lock:

@@ -151,6 +151,8 @@ class TemperatureAnalysis(Analysis):
     scheduler = param.String(default="", label="Dask scheduler (tcp://HOST:8786)",
                              doc="Address of a running Dask scheduler (e.g. started by dask-jobqueue on Slurm/PBS) whose "
                                  "workers sample the batches; empty: in this process.")
+    run_by = param.String(default="", label="Started by", precedence=-1,
+                          doc="Who started the run (the logged-in user on a server with authentication).")
     questions_upload = param.ClassSelector(class_=Upload, allow_None=True, precedence=-1,
                                            doc="An uploaded question file; used instead of questions_path when set.")
 

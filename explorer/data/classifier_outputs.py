@@ -25,7 +25,8 @@ import pandas as pd
 import torch
 
 from explorer.cache import cache_dir
-from explorer.data.uploads import Upload, check_rows, check_suffix, pick_column, read_npy, read_npz, read_table, upload_from
+from explorer.data.uploads import (Upload, check_rows, check_suffix, describe_dtype, pick_column, read_npy, read_npz,
+                                   read_table, shown_columns, upload_from)
 from explorer.errors import InputError
 
 KINDS = ("auto", "probabilities", "logits")
@@ -76,7 +77,7 @@ def _first_bad_row(mask: np.ndarray) -> int:
 
 def _check_scores(scores: np.ndarray) -> np.ndarray:
     if scores.dtype.kind not in "fiub":
-        raise InputError(f"Scores must be numbers; got an array of dtype {scores.dtype}.")
+        raise InputError(f"Scores must be numbers; got an array of {describe_dtype(scores.dtype)}.")
     if scores.ndim != 2:
         raise InputError(f"Scores must be a 2-D array [rows, classes]; got shape {tuple(scores.shape)}.")
     rows, classes = scores.shape
@@ -126,7 +127,7 @@ def _check_labels(labels: np.ndarray, rows: int, class_names: tuple[str, ...]) -
         if (labels != np.round(labels)).any():
             raise InputError("Labels must be whole numbers (class indices) or class names.")
     if labels.dtype.kind not in "fiub":
-        raise InputError(f"Labels must be class indices or class names; got dtype {labels.dtype}.")
+        raise InputError(f"Labels must be class indices or class names; got {describe_dtype(labels.dtype)}.")
     labels = labels.astype(np.int64)
     outside = (labels < 0) | (labels >= len(class_names))
     if outside.any():
@@ -181,6 +182,8 @@ def _from_npz(upload: Upload, kind: str) -> ClassifierOutputs:
     if kind == "auto" and score_key == "logits":
         kind = "logits"
     names = arrays.get("class_names", arrays.get("classes"))
+    if names is not None and names.ndim != 1:
+        raise InputError(f"{upload.name}: class_names must be a 1-D array with one name per class.")
     return outputs_from_arrays(scores, labels, kind, None if names is None else list(names), name=upload.name)
 
 
@@ -201,7 +204,7 @@ def _from_table(table: pd.DataFrame, filename: str, kind: str) -> ClassifierOutp
     score_columns = [c for c in table.columns if c not in (label_column, text_column)]
     non_numeric = [str(c) for c in score_columns if not pd.api.types.is_numeric_dtype(table[c])]
     if non_numeric:
-        raise InputError(f"Score columns must be numeric; {non_numeric[:5]} are not. The label column is "
+        raise InputError(f"Score columns must be numeric; {shown_columns(non_numeric, 5)} are not. The label column is "
                          f"'{label_column}', a 'text' column is optional, every other column is a class.")
     labels = table[label_column].to_numpy()
     if labels.dtype.kind == "f" and np.isnan(labels).any():

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from explorer.data.uploads import (Upload, check_rows, check_suffix, pick_column, read_npy, read_npz, read_table,
-                                   upload_from)
+from explorer.data.uploads import (Upload, check_rows, check_suffix, describe_dtype, pick_column, read_npy, read_npz,
+                                   read_table, shown_columns, upload_from)
 from explorer.errors import InputError
 from explorer.progress import Progress
 
@@ -53,17 +53,20 @@ class EmbeddingSet:
 def validated(name: str, X, labels=None, texts=None) -> EmbeddingSet:
     """Check shape, values and label length; drop constant columns with a note."""
     X = np.asarray(X)
-    if X.dtype == object or not np.issubdtype(X.dtype, np.number):
-        raise InputError(f"{name}: the embeddings must be numbers, got {X.dtype}.")
+    if X.dtype.kind not in "iuf":
+        raise InputError(f"{name}: the embeddings must be real numbers, got {describe_dtype(X.dtype)}.")
     if X.ndim != 2:
         raise InputError(f"{name}: expected a 2-D array (samples x dimensions), got shape {X.shape}.")
     if X.shape[0] < 2:
         raise InputError(f"{name}: at least 2 samples are needed, got {X.shape[0]}.")
     if X.shape[1] < 1:
         raise InputError(f"{name}: the embeddings have no columns.")
+    with np.errstate(over="ignore", invalid="ignore"):
+        X = X.astype(np.float32)       # what is stored: a value beyond float32's range would become inf
     bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
     if bad.size:
-        raise InputError(f"{name}: {bad.size} row(s) contain NaN or inf (first: row {bad[0]}); remove or fix them.")
+        raise InputError(f"{name}: {bad.size} row(s) contain NaN or inf (or values beyond ±3.4e38; first: "
+                         f"row {bad[0]}); remove or fix them.")
     if labels is not None and len(labels) != X.shape[0]:
         raise InputError(f"{name}: {len(labels)} labels for {X.shape[0]} samples; they must match.")
     notes = []
@@ -74,7 +77,7 @@ def validated(name: str, X, labels=None, texts=None) -> EmbeddingSet:
         notes.append(f"dropped {int(constant.sum())} constant columns")
         X = X[:, ~constant]
     as_strings = lambda values: None if values is None else [str(v) for v in values]  # noqa: E731
-    return EmbeddingSet(name, torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)), as_strings(labels),
+    return EmbeddingSet(name, torch.from_numpy(np.ascontiguousarray(X)), as_strings(labels),
                         as_strings(texts), notes)
 
 
@@ -122,8 +125,8 @@ def from_table(name: str, table: pd.DataFrame, text_column: str | None = None, l
         return embed_texts(name, texts, labels, progress)
     non_numeric = [str(c) for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
     if non_numeric:
-        raise InputError(f"{name}: non-numeric columns {', '.join(non_numeric[:5])}; keep only embedding columns "
-                         f"plus one label column ({'/'.join(LABEL_NAMES)}) and one text column.")
+        raise InputError(f"{name}: non-numeric columns {shown_columns(non_numeric, 5)}; keep only embedding "
+                         f"columns plus one label column ({'/'.join(LABEL_NAMES)}) and one text column.")
     return validated(name, features.to_numpy(dtype=np.float64), labels, texts)
 
 

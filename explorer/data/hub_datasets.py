@@ -15,6 +15,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from explorer.data.uploads import plain_words
 from explorer.errors import InputError
 from explorer.models.hub import HUB_TIMEOUT_S, hub_offline
 
@@ -105,15 +106,14 @@ def dataset_file(source: str) -> tuple[Path, str]:
         files = HfApi().list_repo_files(repo_id, repo_type="dataset")
     except Exception as err:  # noqa: BLE001 - unknown id, no network, gated: all the user's to fix
         raise InputError(f"Could not list the files of dataset {repo_id!r} on the Hugging Face Hub: "
-                         f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}. "
+                         f"{plain_words(err)}. "
                          "Check the id and your network (offline: set HF_HUB_OFFLINE=1 to use the cache), "
                          "or upload a file.") from err
     chosen = pick_data_file(files, subpath)
     try:
         path = hf_hub_download(repo_id, chosen, repo_type="dataset", etag_timeout=HUB_TIMEOUT_S)
     except Exception as err:  # noqa: BLE001
-        raise InputError(f"Could not download {chosen} of dataset {repo_id!r}: {type(err).__name__}: "
-                         f"{str(err).splitlines()[0][:300] if str(err) else ''}") from err
+        raise InputError(f"Could not download {chosen} of dataset {repo_id!r}: {plain_words(err)}.") from err
     return Path(path), f"{repo_id}/{chosen}"
 
 

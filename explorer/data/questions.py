@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from explorer.data.hub_datasets import dataset_file, is_dataset_source
-from explorer.data.uploads import Upload, check_rows, pick_column, read_table, upload_from
+from explorer.data.uploads import Upload, check_rows, pick_column, read_table, shown, shown_columns, upload_from
 from explorer.errors import InputError
 
 DEFAULT_QUESTIONS = Path(__file__).resolve().parents[2] / "data" / "questions.csv"
@@ -53,7 +53,8 @@ def load_questions(source: str | Path | bytes | Upload | None = None, name: str 
 
 def _checked(table: pd.DataFrame, name: str, question_column: str, answer_column: str | None) -> pd.DataFrame:
     if question_column not in table.columns:
-        raise InputError(f"{name} has no column {question_column!r}; its columns are {list(table.columns)}.")
+        raise InputError(f"{name} has no column {shown(question_column)}; its columns are "
+                         f"{shown_columns(table.columns)}.")
     questions = table[question_column].map(lambda v: "" if v is None or (isinstance(v, float) and v != v) else str(v).strip())
     if (questions != "").sum() == 0:
         raise InputError(f"{name} has no questions (the column {question_column!r} is empty).")
@@ -62,7 +63,7 @@ def _checked(table: pd.DataFrame, name: str, question_column: str, answer_column
         raise InputError(f"{name}: {int(blank.sum())} blank question(s), first at row {int(blank.to_numpy().argmax())}.")
     duplicated = questions[questions.duplicated()]
     if len(duplicated):
-        raise InputError(f"{name}: {len(duplicated)} duplicate question(s), e.g. {duplicated.iloc[0]!r}; "
+        raise InputError(f"{name}: {len(duplicated)} duplicate question(s), e.g. {shown(duplicated.iloc[0])}; "
                          "each question must appear once.")
     has_answers = answer_column is not None and answer_column in table.columns
     answers = table[answer_column].map(_aliases) if has_answers else pd.Series([[]] * len(table))

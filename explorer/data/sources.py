@@ -6,7 +6,8 @@ and a loader ``load(progress, uploads=(), location="")``: bundled sources ignore
 sources read them (through :mod:`explorer.data.uploads`), location sources read a path or an
 ``hf:owner/name`` id. Every loader raises :class:`~explorer.errors.InputError` for bad input.
 Pages list a registry's ``options()`` and load with ``registry.load(key, progress, ...)`` in their job
-runner, never on the event loop.
+runner, never on the event loop. Bundled and model-computed sources are loaded once per process and
+shared by every session (:data:`SHARED_KINDS`).
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from explorer.cache import once_per_process
 from explorer.data.uploads import MAX_UPLOAD_BYTES, Upload, human_size
 from explorer.errors import InputError
 from explorer.progress import Progress
 
 Loader = Callable[..., Any]
+#: sources whose data is the same for everyone: loaded once per process and shared by every session
+SHARED_KINDS = ("bundled", "model")
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,8 @@ class Sources:
         """Load source ``key`` (``uploads`` for an upload source, ``location`` for a path or hub id;
         ``options`` go to the loader, e.g. ``kind="logits"`` for uploaded classifier scores)."""
         source = self[key]
+        if source.kind in SHARED_KINDS:   # the same for everyone: upload options do not apply
+            return once_per_process(("source", self.what, key), lambda: source.load(progress, uploads=(), location=""))
         if source.kind == "upload" and not uploads:
             raise InputError(f"Choose a file to upload (up to {human_size(MAX_UPLOAD_BYTES)}).")
         if source.kind == "location" and not str(location).strip():

@@ -11,6 +11,7 @@ user's choice or by usual names.
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,21 +89,34 @@ NPY_MAGIC, ZIP_MAGIC = b"\x93NUMPY", b"PK\x03\x04"
 
 def read_npy(upload: Upload) -> np.ndarray:
     """A plain ``.npy`` array (object arrays, which would need unpickling, are refused)."""
+    _not_empty(upload)
     if not upload.data.startswith(NPY_MAGIC):
         raise InputError(f"{upload.name} is not a NumPy .npy file (save it with numpy.save).")
     try:
         return np.load(io.BytesIO(upload.data), allow_pickle=False)
-    except ValueError as err:
-        if "pickle" in str(err).lower():
-            raise InputError(f"{upload.name} holds Python objects (pickled), which are never loaded: "
-                             "save plain numeric or string arrays.") from err
-        raise InputError(f"{upload.name} is not a readable NumPy .npy file ({_first_line(err)}).") from err
-    except (OSError, EOFError) as err:
-        raise InputError(f"{upload.name} is not a readable NumPy .npy file ({_first_line(err)}).") from err
+    except Exception as err:  # noqa: BLE001 - a damaged header fails in many ways (even SyntaxError)
+        _refuse_pickles(upload, err)
+        raise InputError(f"{upload.name} is not a readable NumPy .npy file ({_damage(err)}).") from err
+
+
+def _refuse_pickles(upload: Upload, err: BaseException) -> None:
+    if isinstance(err, ValueError) and "pickle" in str(err).lower():
+        raise InputError(f"{upload.name} holds Python objects (pickled), which are never loaded: "
+                         "save plain numeric or string arrays.") from err
+
+
+def _damage(err: BaseException) -> str:
+    """Why an array file could not be read, in words."""
+    if isinstance(err, MemoryError):
+        return "its header announces an array too large for this server"
+    if isinstance(err, (ValueError, OSError)) and not isinstance(err, zipfile.BadZipFile):
+        return plain_words(err)
+    return "it is damaged or truncated"
 
 
 def read_npz(upload: Upload) -> dict[str, np.ndarray]:
     """Every array of a ``.npz`` archive (object arrays refused)."""
+    _not_empty(upload)
     if upload.data.startswith(NPY_MAGIC):
         raise InputError(f"{upload.name} is a single .npy array, not an .npz archive: rename it to .npy.")
     if not upload.data.startswith(ZIP_MAGIC):
@@ -110,19 +124,16 @@ def read_npz(upload: Upload) -> dict[str, np.ndarray]:
     try:
         with np.load(io.BytesIO(upload.data), allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
-    except ValueError as err:
-        if "pickle" in str(err).lower():
-            raise InputError(f"{upload.name} holds Python objects (pickled), which are never loaded: "
-                             "save plain numeric or string arrays.") from err
-        raise InputError(f"{upload.name} is not a readable .npz archive ({_first_line(err)}).") from err
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as err:
-        raise InputError(f"{upload.name} is not a readable .npz archive: it is damaged or truncated.") from err
+    except Exception as err:  # noqa: BLE001 - a damaged archive or member fails in many ways
+        _refuse_pickles(upload, err)
+        raise InputError(f"{upload.name} is not a readable .npz archive ({_damage(err)}).") from err
 
 
 def read_table(upload: Upload, as_text: bool = False) -> pd.DataFrame:
     """A ``.csv``, ``.jsonl`` or ``.parquet`` table. ``as_text``: every CSV cell as a string
     (no type guessing, empty cells stay "")."""
     suffix = check_suffix(upload, TABLE_SUFFIXES)
+    _not_empty(upload)
     try:
         if suffix == ".parquet":
             return pd.read_parquet(io.BytesIO(upload.data))
@@ -137,7 +148,7 @@ def read_table(upload: Upload, as_text: bool = False) -> pd.DataFrame:
     except pd.errors.EmptyDataError as err:
         raise InputError(f"{upload.name} has no columns: the file holds no table.") from err
     except Exception as err:  # noqa: BLE001 - any parser failure is a bad file
-        raise InputError(f"{upload.name} could not be read as {suffix[1:].upper()} ({_first_line(err)}).") from err
+        raise InputError(f"{upload.name} could not be read as {suffix[1:].upper()} ({plain_words(err)}).") from err
 
 
 def _utf8(upload: Upload) -> str:
@@ -148,9 +159,41 @@ def _utf8(upload: Upload) -> str:
             from err
 
 
-def _first_line(err: BaseException) -> str:
+def plain_words(err: BaseException) -> str:
+    """A parser's own explanation as plain words: its first line, without markup or exception names."""
     lines = [line for line in str(err).splitlines() if line.strip()]
-    return (lines[0] if lines else "unreadable")[:200]
+    text = re.sub(r"<[^>]*>|[<>]", "", lines[0] if lines else "")
+    text = re.sub(r"\b[A-Z]\w*(Error|Exception|Warning)\b:?\s*", "", text).strip(" :'\"")
+    return text[:200] or "unreadable"
+
+
+DTYPE_WORDS = {"b": "true/false values", "i": "integers", "u": "integers", "f": "decimal numbers",
+               "c": "complex numbers", "m": "time spans", "M": "dates", "O": "Python objects", "S": "bytes",
+               "U": "text", "V": "records"}
+
+
+def describe_dtype(dtype) -> str:
+    """What an array holds, in words ("text", "dates", ...), for messages."""
+    return DTYPE_WORDS.get(np.dtype(dtype).kind, "values of an unknown kind")
+
+
+def _not_empty(upload: Upload) -> None:
+    if not upload.data:
+        raise InputError(f"{upload.name} is empty.")
+
+
+def shown(value, limit: int = 40, quote: bool = True) -> str:
+    """A value from the user's file for a message: one line, at most ``limit`` characters, no control
+    characters, no angle brackets (a message is text, never markup), quoted unless ``quote`` is off."""
+    text = re.sub(r"[\x00-\x1f\x7f\s]+", " ", str(value)).strip().replace("<", "‹").replace(">", "›")
+    text = text if len(text) <= limit else text[:limit - 1] + "…"
+    return repr(text) if quote else text
+
+
+def shown_columns(columns, limit: int = 20) -> str:
+    """A table's column names for a message (the first ``limit``)."""
+    names = [shown(c, quote=False) for c in list(columns)[:limit]]
+    return ", ".join(names) + (f" and {len(columns) - limit} more" if len(columns) > limit else "")
 
 
 def pick_column(table: pd.DataFrame, wanted: str | None, candidates: tuple[str, ...], what: str,
@@ -159,15 +202,14 @@ def pick_column(table: pd.DataFrame, wanted: str | None, candidates: tuple[str, 
     ``candidates``; None when there is none and it is optional."""
     if wanted:
         if wanted not in table.columns:
-            raise InputError(f"{name} has no column {wanted!r}; its columns are "
-                             f"{', '.join(map(str, table.columns[:20]))}.")
+            raise InputError(f"{name} has no column {shown(wanted)}; its columns are {shown_columns(table.columns)}.")
         return wanted
     by_name = {str(c).lower(): c for c in table.columns}
     candidates = tuple(dict.fromkeys(c.lower() for c in candidates if c))
     found = next((by_name[c] for c in candidates if c in by_name), None)
     if found is None and required:
         raise InputError(f"{name} has no {what} column: name one of {list(candidates)}; its columns are "
-                         f"{', '.join(map(str, table.columns[:20]))}.")
+                         f"{shown_columns(table.columns)}.")
     return found
 
 

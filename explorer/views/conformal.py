@@ -3,20 +3,31 @@
 A thin view over :class:`explorer.analyses.conformal.ConformalAnalysis`: widgets come from its
 parameters; loading data (training the digits network, asking the language model, reading an
 upload) and computing the sets run in the page's :class:`JobRunner` off the event loop. A settings
-change redraws at once whatever is already cached (the cards, the curves' markers), and what needs
-the long part follows when the job ends; every derived result is computed once per change.
+change redraws at once whatever is already cached (the cards, the markers, the set-size bars), and
+what needs the long part follows when the job ends; every derived result is computed once per change.
+
+The plots are Bokeh figures built once, over ColumnDataSources the page owns. Each part of the page
+remembers the results it last showed and refills its sources only when one of them changed (an
+alpha move leaves the alpha curves alone and moves their markers), all in one held document update:
+no Bokeh model is created after the page is built and HoloViews never re-renders. The example table
+pages on the server (only the rows on screen travel to the browser).
 """
 
 from __future__ import annotations
 
 import functools
 import html
+from collections.abc import Callable
 
-import holoviews as hv
 import numpy as np
 import pandas as pd
 import panel as pn
 import param
+from bokeh.core.properties import value as literal
+from bokeh.models import BoxAnnotation, ColumnDataSource, FactorRange, HoverTool, Range1d, Span
+from bokeh.palettes import Greys256
+from bokeh.plotting import figure
+from bokeh.transform import factor_cmap
 
 from explorer.analyses.base import NotComputed
 from explorer.analyses.conformal import ConformalAnalysis
@@ -24,10 +35,9 @@ from explorer.data.classifier_outputs import KINDS
 from explorer.data.sources import CLASSIFIER_SOURCES
 from explorer.errors import InputError
 from explorer.views.jobs import JobRunner
-from explorer.views.shared import AMBER, GREY, RED, TEAL, card, download_button, on_open, upload_widget, uploaded, \
-    warning_notes
-
-hv.extension("bokeh", logo=False)
+from explorer.views.server import adopt_warm_results
+from explorer.views.shared import AMBER, GREY, INK, RED, TEAL, card, download_button, on_open, upload_widget, \
+    uploaded, warning_notes
 
 SETTINGS = ("outputs", "method", "randomised", "alpha", "calibration_fraction", "seed", "class_conditional",
             "raps_tuning", "raps_lambda", "raps_k_reg", "n_splits")
@@ -35,7 +45,26 @@ STATUS_COLOURS = {"covered": TEAL, "missed": RED}
 BAR_COLOURS = {"true label, in set": TEAL, "true label, not in set": RED, "in set": "#5eead4", "not in set": GREY}
 FILTERS = {"all test rows": "all", "missed (true label not in set)": "missed", "empty sets": "empty",
            "sets of 2 or more": "multi"}
-PLOT = dict(height=320, responsive=True, show_grid=True, tools=["hover"], toolbar="right")
+PLOT_HEIGHT = 320
+LOADING = "Loading data…"
+#: every ColumnDataSource of the page and its columns
+SOURCES = {
+    "split_hist": ("left", "right", "density"), "split_pdf": ("coverage", "density"),
+    "alpha_curve": ("alpha", "target", "coverage", "mean_size", "beta_low", "beta_high", "cip_bits"),
+    "current": ("alpha", "target", "coverage", "mean_size", "cip_bits"), "entropy_line": ("alpha", "bits"),
+    "sizes": ("size", "rows", "coverage"), "classes": ("class", "coverage", "rows"),
+    "scatter": ("entropy_bits", "jittered_size", "size", "status", "row", "true"),
+    "example_bars": ("label", "probability", "status", "colour"), "example_image": ("image", "x", "y", "dw", "dh"),
+}
+#: the page's parts: the figures each one draws and the sources it fills (cleared when it cannot be computed)
+PARTS = {
+    "split_coverage": (("split_coverage",), ("split_hist", "split_pdf")),
+    "alpha_curves": (("coverage_curve", "size_curve", "cip_curve"), ("alpha_curve",)),
+    "current": ((), ("current", "entropy_line")),
+    "sizes": (("size_histogram", "size_coverage"), ("sizes",)),
+    "classes": (("class_coverage",), ("classes",)),
+    "scatter": (("entropy_scatter",), ("scatter",)),
+}
 PLOTS = ("split_coverage", "coverage_curve", "size_curve", "size_histogram", "size_coverage", "class_coverage",
          "entropy_scatter", "cip_curve")
 
@@ -44,8 +73,24 @@ def _has_images(outputs) -> bool:
     return outputs is not None and outputs.images is not None
 
 
-def _placeholder(title: str):
-    return hv.Curve([]).opts(title=title, **PLOT)
+def _figure(name: str, x_label: str, y_label: str, height: int = PLOT_HEIGHT, **kwargs):
+    kwargs = {"tools": "pan,wheel_zoom,box_zoom,reset,save", "toolbar_location": "right", **kwargs}
+    fig = figure(title=LOADING, height=height, x_axis_label=x_label, y_axis_label=y_label, name=f"cp-{name}-figure",
+                 **kwargs)
+    fig.title.text_font_size = "12px"
+    fig.toolbar.logo = None
+    return fig
+
+
+def _same(a, b) -> bool:
+    """Whether two shown results are the same: cached results by identity, plain values by value."""
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a is b or (isinstance(a, (bool, int, float, str)) and type(a) is type(b) and a == b)
+
+
+def _columns(frame: pd.DataFrame, names: tuple[str, ...]) -> dict:
+    return {name: frame[name].to_numpy() for name in names}
 
 
 class ConformalExplorer(pn.viewable.Viewer):
@@ -69,17 +114,15 @@ class ConformalExplorer(pn.viewable.Viewer):
         self._loaded_source = None
         self._upload = upload_widget("Outputs file(s)", ".npz,.npy,.csv,.parquet", "cp-upload", multiple=True)
         self._upload.param.watch(self._on_upload, "value")
-        self._table = pn.widgets.Tabulator(pd.DataFrame(), selectable=1, disabled=True, pagination="local",
+        self._table = pn.widgets.Tabulator(pd.DataFrame(), selectable=1, disabled=True, pagination="remote",
                                            layout="fit_data_stretch", widths={"set": 120},
                                            page_size=8, show_index=False, sizing_mode="stretch_width", height=330,
                                            css_classes=["cp-examples"])
         self._table.param.watch(self._on_select, "selection")
         self._summary = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["cp-summary"])
-        self._plots = {name: pn.pane.HoloViews(_placeholder("Loading data…"), sizing_mode="stretch_width",
-                                               linked_axes=False) for name in PLOTS}
         self._example = pn.pane.HTML("", css_classes=["cp-example"], width=360)
-        self._example_image = pn.pane.HoloViews(None, linked_axes=False, width=200)
-        self._example_bars = pn.pane.HoloViews(_placeholder("Loading data…"), linked_axes=False, width=360)
+        self._shown: dict[str, tuple] = {}
+        self._build_figures()
         self.analysis.param.watch(self._on_settings, list(SETTINGS))
         self.param.watch(self._show_examples, ["example_filter"])
         self.param.watch(self._show_example, ["selected_row"])
@@ -135,28 +178,35 @@ class ConformalExplorer(pn.viewable.Viewer):
         """Show what is cached now; compute the rest in the job runner, then show everything."""
         if self.analysis.outputs is None:
             return
+        adopt_warm_results(self.analysis)
         self._show()
         if not self.analysis.is_computed():
-            self.jobs.submit(self.analysis.compute, "Computing the sets", slot="compute", on_done=self._show_all)
+            self.jobs.submit(self.analysis.compute, "Computing the sets", slot="compute", on_done=self._show_all,
+                             on_error=self._show_failed)
 
     def _show_all(self, _analysis=None) -> None:
         self._show()
+
+    def _show_failed(self, err: BaseException) -> None:
+        """The job failed: the parts it did not compute say why (the message box says it too)."""
+        self._show(failed=err if isinstance(err, InputError) else InputError("Computing the sets failed."))
 
     def _on_select(self, event) -> None:
         if event.new:
             self.selected_row = int(self._table.value["row"].iloc[event.new[0]])
 
     # ------------------------------------------------------------------ showing cached results
-    def _show(self) -> None:
-        """Redraw every part from cached results; a part whose result is still computing keeps what it
-        showed (the job redraws it when it ends)."""
+    def _show(self, failed: InputError | None = None) -> None:
+        """Refill every part whose results changed, from cached results; a part whose result is still
+        computing keeps what it showed (the job redraws it when it ends), or says why the job
+        ``failed``. One document update."""
         with pn.io.hold(pn.state.curdoc):
             self._summary.object = self._read(self._summary_html, self._summary.object)
-            for name, pane in self._plots.items():
-                pane.object = self._read(getattr(self, f"_plot_{name}"), pane.object)
+            for part in PARTS:
+                self._draw(part, failed)
             self._show_examples()
 
-    def _read(self, render, current):
+    def _read(self, render: Callable, current):
         """``render()`` from cached results only; the current content while they are computing, the
         reason when they cannot be computed."""
         if self.analysis.outputs is None:
@@ -169,18 +219,50 @@ class ConformalExplorer(pn.viewable.Viewer):
         except InputError as err:
             if isinstance(current, pd.DataFrame):
                 return pd.DataFrame()
-            return f"<div class='cp-error'>{html.escape(str(err))}</div>" if isinstance(current, str) \
-                else _placeholder(str(err)[:80])
+            return f"<div class='cp-error'>{html.escape(str(err))}</div>"
+
+    def _draw(self, part: str, failed: InputError | None = None) -> None:
+        """Refill one part's sources from cached results (see :data:`PARTS`); a part that cannot be
+        computed (or was not, by a job that ``failed``) shows why in its figures' titles."""
+        if self.analysis.outputs is None:
+            return
+        try:
+            with self.analysis.reading():
+                try:
+                    getattr(self, f"_draw_{part}")()
+                except NotComputed:
+                    if failed is None:
+                        return
+                    raise failed from None
+        except InputError as err:
+            figures, sources = PARTS[part]
+            self._shown.pop(part, None)
+            for name in sources:
+                self._src[name].data = {column: [] for column in SOURCES[name]}
+            for name in figures:
+                self._figures[name].title.text = str(err)[:100]
+
+    def _changed(self, part: str, *results) -> bool:
+        """True (and remembered) when ``results`` differ from what ``part`` shows now."""
+        if part in self._shown and _same(self._shown[part], results):
+            return False
+        self._shown[part] = results
+        return True
 
     def _show_examples(self, *_events) -> None:
-        self._table.value = self._read(self._filtered_examples, self._table.value)
-        self._table.selection = []
+        """The example table (refilled only when the examples or the filter changed) and the selected row."""
+        shown = self._read(lambda: (self.analysis.examples(), self.example_filter), None)
+        if isinstance(shown, str):  # the examples cannot be computed: the summary says why
+            self._shown.pop("table", None)
+            self._table.value = pd.DataFrame()
+        elif shown is not None and self._changed("table", *shown):
+            self._table.value = self._read(self._filtered_examples, self._table.value)
+            self._table.selection = []
         self._show_example()
 
     def _show_example(self, *_events) -> None:
         self._example.object = self._read(self._example_html, self._example.object)
-        self._example_image.object = self._read(self._plot_example_image, self._example_image.object)
-        self._example_bars.object = self._read(self._plot_example_bars, self._example_bars.object)
+        self._draw_example()
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> pn.viewable.Viewable:
@@ -204,7 +286,8 @@ class ConformalExplorer(pn.viewable.Viewer):
             pn.widgets.Checkbox.from_param(analysis.param.randomised, name="Randomised APS/RAPS (U ~ Uniform)",
                                            visible=analysis.param.method.rx().rx.in_(["aps", "raps"])),
             raps,
-            pn.widgets.FloatSlider.from_param(analysis.param.alpha, name="alpha (miscoverage)", format="0.000"),
+            pn.widgets.FloatSlider.from_param(analysis.param.alpha, name="alpha (miscoverage)", format="0.000",
+                                              css_classes=["cp-alpha"]),
             pn.widgets.FloatSlider.from_param(analysis.param.calibration_fraction, name="Calibration fraction"),
             pn.Row(pn.widgets.IntInput.from_param(analysis.param.seed, name="Seed", width=120),
                    pn.widgets.IntInput.from_param(analysis.param.n_splits, name="Random splits", width=120)),
@@ -216,7 +299,8 @@ class ConformalExplorer(pn.viewable.Viewer):
             width=320, margin=(0, 10),
         )
         row = functools.partial(pn.Row, sizing_mode="stretch_width")
-        plots = self._plots
+        plots = {name: pn.pane.Bokeh(self._figures[name], sizing_mode="stretch_width", css_classes=[f"cp-{name}"])
+                 for name in PLOTS}
         results = pn.Column(
             self._summary,
             row(plots["split_coverage"], plots["coverage_curve"]),
@@ -226,9 +310,9 @@ class ConformalExplorer(pn.viewable.Viewer):
             row(pn.Column(pn.widgets.Select.from_param(self.param.example_filter, width=260),
                           self._table, sizing_mode="stretch_width", min_width=360),
                 pn.Column(self._example,
-                          pn.Column(self._example_image, margin=0,
+                          pn.Column(pn.pane.Bokeh(self._figures["example_image"]), margin=0,
                                     visible=analysis.param["outputs"].rx().rx.pipe(_has_images)),
-                          self._example_bars, width=370)),
+                          pn.pane.Bokeh(self._figures["example_bars"]), width=370)),
             pn.pane.Markdown("### Set size and entropy (Conformal Information Pursuit)"),
             row(plots["entropy_scatter"], plots["cip_curve"]),
             sizing_mode="stretch_width",
@@ -243,6 +327,234 @@ class ConformalExplorer(pn.viewable.Viewer):
 
     def _metrics_csv(self) -> str:
         return self._read(self.analysis.metrics_csv, "") if self.analysis.outputs is not None else ""
+
+    # ------------------------------------------------------------------ figures (built once)
+    def _build_figures(self) -> None:
+        """Every plot as a Bokeh figure over the page's sources (:data:`SOURCES`); later changes only
+        set source data, ranges, spans and titles."""
+        src = self._src = {name: ColumnDataSource({c: [] for c in columns}, name=f"cp-{name}")
+                           for name, columns in SOURCES.items()}
+        figs = self._figures = {}
+        self._spans = {}
+
+        split = figs["split_coverage"] = _figure("split_coverage", "test coverage (band: 90% of its law; red: 1 − α)",
+                                                 "density", x_range=Range1d(0, 1))
+        self._band = BoxAnnotation(left=0, right=0, fill_color=TEAL, fill_alpha=0.12, line_alpha=0)
+        split.add_layout(self._band)
+        bars = split.quad(left="left", right="right", top="density", bottom=0, source=src["split_hist"],
+                          color=TEAL, alpha=0.55, line_color=None)
+        split.line("coverage", "density", source=src["split_pdf"], color=INK, line_width=2, legend_label="Beta law")
+        self._spans["split_target"] = Span(location=0.9, dimension="height", line_color=RED, line_dash="dashed",
+                                           line_width=2)
+        self._spans["split_upper"] = Span(location=0.9, dimension="height", line_color=AMBER, line_dash="dotted",
+                                          line_width=2)
+        split.add_layout(self._spans["split_target"])
+        split.add_layout(self._spans["split_upper"])
+        split.add_tools(HoverTool(renderers=[bars], tooltips=[("coverage", "@left{0.000} to @right{0.000}"),
+                                                              ("density", "@density{0.00}")]))
+        split.legend.location = "top_left"
+
+        coverage = figs["coverage_curve"] = _figure("coverage_curve", "1 − alpha", "coverage")
+        coverage.title.text = "Empirical coverage vs 1 − α on this split"
+        coverage.varea("target", "beta_low", "beta_high", source=src["alpha_curve"], color=TEAL, alpha=0.15,
+                       legend_label="Beta 90% band")
+        coverage.line([0.5, 1.0], [0.5, 1.0], color=GREY, line_dash="dashed")
+        line = coverage.line("target", "coverage", source=src["alpha_curve"], color=TEAL, line_width=2,
+                             legend_label="empirical (test rows)")
+        coverage.scatter("target", "coverage", source=src["current"], color=RED, size=10)
+        coverage.add_tools(HoverTool(renderers=[line], mode="vline", tooltips=[
+            ("alpha", "@alpha{0.00}"), ("coverage", "@coverage{0.000}"), ("mean size", "@mean_size{0.00}")]))
+        coverage.legend.location = "bottom_right"
+
+        size = figs["size_curve"] = _figure("size_curve", "alpha", "mean set size")
+        size.title.text = "Mean set size vs alpha"
+        line = size.line("alpha", "mean_size", source=src["alpha_curve"], color=TEAL, line_width=2)
+        size.scatter("alpha", "mean_size", source=src["current"], color=RED, size=10)
+        size.add_tools(HoverTool(renderers=[line], mode="vline", tooltips=[
+            ("alpha", "@alpha{0.00}"), ("mean size", "@mean_size{0.00}"), ("coverage", "@coverage{0.000}")]))
+
+        for name, column, colour, y_label, title in (
+                ("size_histogram", "rows", TEAL, "rows", "Set-size histogram (test rows)"),
+                ("size_coverage", "coverage", AMBER, "coverage", "Size-stratified coverage (red: 1 − α)")):
+            fig = figs[name] = _figure(name, "set size", y_label, x_range=Range1d(-0.5, 4.5), y_range=Range1d(0, 1))
+            fig.title.text = title
+            bars = fig.vbar("size", top=column, width=0.9, source=src["sizes"], color=colour, alpha=0.85)
+            fig.add_tools(HoverTool(renderers=[bars], tooltips=[("set size", "@size"), ("rows", "@rows"),
+                                                                ("coverage", "@coverage{0.000}")]))
+        self._spans["size_target"] = Span(location=0.9, dimension="width", line_color=RED, line_dash="dashed")
+        figs["size_coverage"].add_layout(self._spans["size_target"])
+        figs["size_coverage"].y_range.end = 1.05
+
+        classes = figs["class_coverage"] = _figure("class_coverage", "class", "coverage",
+                                                   x_range=FactorRange(factors=[]), y_range=Range1d(0, 1.05))
+        bars = classes.vbar("class", top="coverage", width=0.8, source=src["classes"], color=TEAL, alpha=0.8)
+        self._spans["class_target"] = Span(location=0.9, dimension="width", line_color=RED, line_dash="dashed")
+        classes.add_layout(self._spans["class_target"])
+        classes.add_tools(HoverTool(renderers=[bars], tooltips=[("class", "@class"), ("coverage", "@coverage{0.000}"),
+                                                                ("rows", "@rows")]))
+
+        scatter = figs["entropy_scatter"] = _figure("entropy_scatter", "entropy of the model's probabilities (bits)",
+                                                    "set size (jittered)")
+        scatter.title.text = "Set size vs predictive entropy"
+        dots = scatter.scatter("entropy_bits", "jittered_size", source=src["scatter"], size=5, alpha=0.6,
+                               color=factor_cmap("status", list(STATUS_COLOURS.values()), list(STATUS_COLOURS)),
+                               legend_field="status")
+        scatter.add_tools(HoverTool(renderers=[dots], tooltips=[("row", "@row"), ("true", "@true"),
+                                                                ("set size", "@size"), ("entropy", "@entropy_bits{0.00}")]))
+        scatter.legend.location = "top_left"
+
+        cip = figs["cip_curve"] = _figure("cip_curve", "alpha", "bits")
+        cip.title.text = "C-IP estimate of H(Y | X) vs alpha"
+        line = cip.line("alpha", "cip_bits", source=src["alpha_curve"], color=TEAL, line_width=2,
+                        legend_label="C-IP estimate")
+        self._entropy_item = cip.line("alpha", "bits", source=src["entropy_line"], color=AMBER, line_dash="dashed",
+                                      line_width=2, legend_label="model entropy")
+        cip.scatter("alpha", "cip_bits", source=src["current"], color=RED, size=10)
+        cip.add_tools(HoverTool(renderers=[line], mode="vline", tooltips=[
+            ("alpha", "@alpha{0.00}"), ("C-IP", "@cip_bits{0.00} bits"), ("mean size", "@mean_size{0.00}")]))
+        cip.legend.location = "top_right"
+
+        image = figs["example_image"] = _figure("example_image", "", "", height=190, width=190, toolbar_location=None,
+                                                x_range=Range1d(0, 8), y_range=Range1d(0, 8), tools="")
+        image.image(image="image", x="x", y="y", dw="dw", dh="dh", source=src["example_image"],
+                    palette=list(reversed(Greys256)))
+        image.axis.visible = image.grid.visible = False
+        probabilities = figs["example_bars"] = _figure("example_bars", "", "probability", height=240, width=350,
+                                                       x_range=FactorRange(factors=[]), y_range=Range1d(0, 1.02))
+        bars = probabilities.vbar("label", top="probability", width=0.8, source=src["example_bars"], color="colour")
+        probabilities.add_tools(HoverTool(renderers=[bars], tooltips=[("label", "@label"), ("status", "@status"),
+                                                                      ("probability", "@probability{0.000}")]))
+
+    # ------------------------------------------------------------------ parts (read cached results)
+    def _draw_split_coverage(self) -> None:
+        a = self.analysis
+        coverages, law, density, s = a.split_coverage(), a.coverage_law(), a.coverage_density(), a.summary()
+        if not self._changed("split_coverage", coverages, density):
+            return
+        edges = density["edges"]
+        self._src["split_hist"].data = {"left": edges[:-1], "right": edges[1:], "density": density["density"]}
+        self._src["split_pdf"].data = {"coverage": density["grid"], "density": density["pdf"]}
+        self._band.left, self._band.right = float(law["test_low"]), float(law["test_high"])
+        self._spans["split_target"].location = float(s["target"])
+        self._spans["split_upper"].location = float(s["upper_bound"])
+        fig = self._figures["split_coverage"]
+        fig.x_range.start, fig.x_range.end = float(edges[0]), float(edges[-1])
+        fig.legend.items[0].label = literal(f"Beta({law['a']}, {law['b']})")
+        fig.legend.visible = len(density["grid"]) > 0
+        fig.title.text = f"Coverage over {len(coverages)} splits (mean {coverages.mean():.3f})"
+
+    def _draw_alpha_curves(self) -> None:
+        curve = self.analysis.alpha_curve()
+        if self._changed("alpha_curves", curve):
+            self._src["alpha_curve"].data = _columns(curve, SOURCES["alpha_curve"])
+            self._figures["coverage_curve"].title.text = "Empirical coverage vs 1 − α on this split"
+            self._figures["size_curve"].title.text = "Mean set size vs alpha"
+            self._figures["cip_curve"].title.text = "C-IP estimate of H(Y | X) vs alpha"
+
+    def _draw_current(self) -> None:
+        """The markers at the current alpha and the model-entropy line (cheap: every settings change)."""
+        s = self.analysis.summary()
+        if not self._changed("current", s):
+            return
+        alpha = self.analysis.alpha
+        self._src["current"].data = {"alpha": [alpha], "target": [s["target"]], "coverage": [s["coverage"]],
+                                     "mean_size": [s["mean_size"]], "cip_bits": [s["cip_bits"]]}
+        self._src["entropy_line"].data = {"alpha": [0.0, 0.5], "bits": [s["mean_entropy_bits"]] * 2}
+        self._entropy_item_label(s["mean_entropy_bits"])
+        for name in ("size_target", "class_target"):
+            self._spans[name].location = 1 - alpha
+
+    def _entropy_item_label(self, bits: float) -> None:
+        legend = self._figures["cip_curve"].legend[0]
+        item = next(item for item in legend.items if self._entropy_item in item.renderers)
+        item.label = literal(f"model entropy {bits:.2f}")
+
+    def _draw_sizes(self) -> None:
+        table = self.analysis.size_table()
+        if not self._changed("sizes", table):
+            return
+        present = table.loc[table["rows"] > 0, "size"]
+        top = int(present.max()) if len(present) else 1
+        self._src["sizes"].data = {"size": table["size"].to_numpy(), "rows": table["rows"].to_numpy(),
+                                   "coverage": table["coverage"].fillna(0).to_numpy()}
+        right = min(max(top, 4), len(table) - 1) + 0.5
+        for name in ("size_histogram", "size_coverage"):
+            self._figures[name].x_range.end = right
+        self._figures["size_histogram"].y_range.end = float(max(table["rows"].max(), 1)) * 1.05
+        self._figures["size_histogram"].title.text = "Set-size histogram (test rows)"
+        self._figures["size_coverage"].title.text = "Size-stratified coverage (red: 1 − α)"
+
+    def _draw_classes(self) -> None:
+        table = self.analysis.class_table()
+        if not self._changed("classes", table, self.analysis.class_conditional):
+            return
+        fig = self._figures["class_coverage"]
+        names = [str(c) for c in table["class"]]
+        if list(fig.x_range.factors) != names:
+            fig.x_range.factors = names
+            fig.xaxis.major_label_orientation = 0.8 if len(names) > 12 else 0
+        self._src["classes"].data = {"class": names, "coverage": table["coverage"].to_numpy(),
+                                     "rows": table["rows"].to_numpy()}
+        kind = "class-conditional" if self.analysis.class_conditional else "marginal"
+        fig.title.text = f"Per-class coverage ({kind})"
+
+    def _draw_scatter(self) -> None:
+        a = self.analysis
+        sizes_and_hits, entropy = a.test_sizes_and_coverage(), a.test_entropy()
+        if not self._changed("scatter", sizes_and_hits, entropy):
+            return
+        sizes, hit = (t.numpy() for t in sizes_and_hits)
+        _, _, test = a.split()
+        rows = test.numpy()
+        names = np.array(a.data.class_names)
+        self._src["scatter"].data = {
+            "entropy_bits": entropy.numpy(), "jittered_size": sizes + self._jitter(len(sizes)), "size": sizes,
+            "status": np.where(hit, "covered", "missed"), "row": rows, "true": names[a.data.labels[test].numpy()]}
+        self._figures["entropy_scatter"].title.text = "Set size vs predictive entropy"
+
+    @staticmethod
+    @functools.lru_cache(maxsize=8)
+    def _jitter(n: int) -> np.ndarray:
+        """The same small vertical jitter for every redraw of ``n`` points (sizes stay readable)."""
+        jitter = np.random.default_rng(0).uniform(-0.18, 0.18, n)
+        jitter.flags.writeable = False
+        return jitter
+
+    def _draw_example(self) -> None:
+        """The selected row's image and per-class probability bars (cached results only)."""
+        if self.analysis.outputs is None:
+            return
+        try:
+            with self.analysis.reading():
+                example = self._current_example()
+                frame = None if example is None else self.analysis.example_labels(int(example["row"]))
+        except NotComputed:
+            return
+        except InputError:
+            example = frame = None
+        bars, image = self._figures["example_bars"], self._figures["example_image"]
+        if frame is None:
+            self._src["example_bars"].data = {c: [] for c in SOURCES["example_bars"]}
+            self._src["example_image"].data = {c: [] for c in SOURCES["example_image"]}
+            bars.title.text = "No test row matches this filter."
+            return
+        row = int(example["row"])
+        status = [("true label, " if true else "") + ("in set" if in_set else "not in set")
+                  for true, in_set in zip(frame["true"], frame["in_set"])]
+        labels = [str(label) for label in frame["label"]]
+        if list(bars.x_range.factors) != labels:
+            bars.x_range.factors = labels
+            bars.xaxis.major_label_orientation = 0.8 if len(labels) > 12 else 0
+        self._src["example_bars"].data = {"label": labels, "probability": frame["probability"].to_numpy(),
+                                          "status": status, "colour": [BAR_COLOURS[s] for s in status]}
+        bars.title.text = "Probabilities (dark: true label)"
+        images = self.analysis.data.images
+        if images is not None:
+            picture = np.flipud(np.asarray(images[row], dtype=float))
+            height, width = picture.shape
+            self._src["example_image"].data = {"image": [picture], "x": [0], "y": [0], "dw": [width], "dh": [height]}
+            image.x_range.end, image.y_range.end = width, height
+            image.title.text = f"digit, row {row}"
 
     # ------------------------------------------------------------------ helpers reading cached results
     def _filtered_examples(self) -> pd.DataFrame:
@@ -282,69 +594,6 @@ class ConformalExplorer(pn.viewable.Viewer):
         return (f"<div class='cp-summary-body'><div style='font-size:14px;margin-bottom:6px'>"
                 f"<b>{html.escape(data.name)}</b> · {html.escape(data.description)}</div>{body}{notes}</div>")
 
-    def _plot_split_coverage(self):
-        coverages = self.analysis.split_coverage()
-        law = self.analysis.coverage_law()
-        density = self.analysis.coverage_density()
-        s = self.analysis.summary()
-        edges = density["edges"]
-        overlays = [hv.VSpan(law["test_low"], law["test_high"]).opts(color=TEAL, alpha=0.12),
-                    hv.Histogram((edges, density["density"]), kdims=["coverage"], vdims=["density"]).opts(
-                        color=TEAL, alpha=0.55, line_color=None)]
-        if len(density["grid"]):
-            overlays.append(hv.Curve((density["grid"], density["pdf"]), "coverage", "density",
-                                     label=f"Beta({law['a']}, {law['b']})").opts(color="#111827", line_width=2))
-        overlays += [hv.VLine(s["target"]).opts(color=RED, line_dash="dashed", line_width=2),
-                     hv.VLine(s["upper_bound"]).opts(color=AMBER, line_dash="dotted", line_width=2)]
-        return hv.Overlay(overlays).opts(
-            title=f"Coverage over {len(coverages)} splits (mean {coverages.mean():.3f})",
-            xlabel="test coverage (band: 90% of its law; red: 1 − α)", ylabel="density",
-            xlim=(edges[0], edges[-1]), legend_position="bottom", legend_cols=3, **PLOT)
-
-    def _plot_coverage_curve(self):
-        curve = self.analysis.alpha_curve()
-        s = self.analysis.summary()
-        diagonal = hv.Curve(([0.5, 1.0], [0.5, 1.0]), "1 − alpha", "coverage").opts(color=GREY, line_dash="dashed")
-        band = hv.Area(curve, "target", ["beta_low", "beta_high"], label="Beta 90% band").opts(color=TEAL, alpha=0.15)
-        line = hv.Curve(curve, "target", ["coverage", "alpha", "mean_size"], label="empirical (test rows)").opts(
-            color=TEAL, line_width=2)
-        point = hv.Scatter(([s["target"]], [s["coverage"]]), "target", "coverage").opts(color=RED, size=10)
-        return (band * diagonal * line * point).opts(
-            title="Empirical coverage vs 1 − α on this split", xlabel="1 − alpha", ylabel="coverage",
-            legend_position="bottom", legend_cols=2, **PLOT)
-
-    def _plot_size_curve(self):
-        curve = self.analysis.alpha_curve()
-        s = self.analysis.summary()
-        line = hv.Curve(curve, "alpha", ["mean_size", "coverage"]).opts(color=TEAL, line_width=2)
-        point = hv.Scatter(([self.analysis.alpha], [s["mean_size"]]), "alpha", "mean_size").opts(color=RED, size=10)
-        return (line * point).opts(title="Mean set size vs alpha", ylabel="mean set size", **PLOT)
-
-    def _size_bars(self, column: str, colour: str):
-        """A bar per set size 0..K (as a histogram with unit bins, readable for any K)."""
-        table = self.analysis.size_table()
-        edges = np.arange(len(table) + 1) - 0.5
-        present = table.loc[table["rows"] > 0, "size"]
-        top = int(present.max()) if len(present) else 1
-        return hv.Histogram((edges, table[column].fillna(0).to_numpy()), kdims=["set size"], vdims=[column]).opts(
-            color=colour, alpha=0.85, xlim=(-0.5, min(max(top, 4), len(table) - 1) + 0.5), **PLOT)
-
-    def _plot_size_histogram(self):
-        return self._size_bars("rows", TEAL).opts(title="Set-size histogram (test rows)", ylabel="rows")
-
-    def _plot_size_coverage(self):
-        target = hv.HLine(1 - self.analysis.alpha).opts(color=RED, line_dash="dashed")
-        return (self._size_bars("coverage", AMBER) * target).opts(
-            title="Size-stratified coverage (red: 1 − α)", ylim=(0, 1.05))
-
-    def _plot_class_coverage(self):
-        table = self.analysis.class_table()
-        bars = hv.Bars(table, "class", ["coverage", "rows"]).opts(color=TEAL, alpha=0.8)
-        target = hv.HLine(1 - self.analysis.alpha).opts(color=RED, line_dash="dashed")
-        kind = "class-conditional" if self.analysis.class_conditional else "marginal"
-        return (bars * target).opts(title=f"Per-class coverage ({kind})",
-                                    ylim=(0, 1.05), xrotation=45 if len(table) > 12 else 0, **PLOT)
-
     def _example_html(self) -> str:
         example = self._current_example()
         if example is None:
@@ -359,48 +608,3 @@ class ConformalExplorer(pn.viewable.Viewer):
             body = html.escape(texts[int(example["row"])]).replace("\n", "<br>")
             head += f"<div class='cp-example-text' style='margin-top:6px;font-family:ui-monospace,monospace'>{body}</div>"
         return head
-
-    def _plot_example_image(self):
-        example = self._current_example()
-        images = self.analysis.data.images
-        if example is None or images is None:
-            return None
-        row = int(example["row"])
-        return hv.Image(np.flipud(images[row]), bounds=(0, 0, 8, 8)).opts(
-            cmap="gray_r", xaxis=None, yaxis=None, width=190, height=190, title=f"digit, row {row}", toolbar=None)
-
-    def _plot_example_bars(self):
-        example = self._current_example()
-        if example is None:
-            return _placeholder("No test row matches this filter.")
-        frame = self.analysis.example_labels(int(example["row"]))
-        frame["status"] = [("true label, " if true else "") + ("in set" if in_set else "not in set")
-                           for true, in_set in zip(frame["true"], frame["in_set"])]
-        return hv.Bars(frame, "label", ["probability", "status"]).opts(
-            color="status", cmap=BAR_COLOURS, title="Probabilities (dark: true label)",
-            ylim=(0, 1.02), show_legend=False, **{**PLOT, "height": 240, "responsive": False, "width": 350},
-            xrotation=45 if len(frame) > 12 else 0)
-
-    def _plot_entropy_scatter(self):
-        table = self.analysis.examples()
-        jitter = np.random.default_rng(0).uniform(-0.18, 0.18, len(table))
-        frame = pd.DataFrame({"entropy_bits": table["entropy_bits"], "set size": table["size"] + jitter,
-                              "status": np.where(table["covered"], "covered", "missed"), "row": table["row"],
-                              "true": table["true"]})
-        points = hv.Points(frame, ["entropy_bits", "set size"], ["status", "row", "true"]).opts(
-            color="status", cmap=STATUS_COLOURS, size=5, alpha=0.6, legend_position="bottom", legend_cols=2)
-        return points.opts(title="Set size vs predictive entropy",
-                           xlabel="entropy of the model's probabilities (bits)", ylabel="set size (jittered)", **PLOT)
-
-    def _plot_cip_curve(self):
-        curve = self.analysis.alpha_curve()
-        s = self.analysis.summary()
-        line = hv.Curve(curve, "alpha", [("cip_bits", "bits"), "mean_size"], label="C-IP estimate").opts(
-            color=TEAL, line_width=2)
-        entropy = hv.HLine(s["mean_entropy_bits"]).opts(color=AMBER, line_dash="dashed", line_width=2)
-        label = hv.Curve([], "alpha", "bits", label=f"model entropy {s['mean_entropy_bits']:.2f}").opts(
-            color=AMBER, line_dash="dashed")
-        point = hv.Scatter(([self.analysis.alpha], [s["cip_bits"]]), "alpha", "bits").opts(color=RED, size=10)
-        return (line * entropy * label * point).opts(
-            title="C-IP estimate of H(Y | X) vs alpha", legend_position="bottom", legend_cols=2,
-            ylabel="bits", **PLOT)

@@ -30,6 +30,7 @@ from explorer.analyses.diversity import CURVE_Q, KERNEL_SETTINGS, DiversityAnaly
 from explorer.data.sources import EMBEDDING_SOURCES
 from explorer.errors import InputError
 from explorer.views.jobs import JobRunner
+from explorer.views.server import adopt_warm_results
 from explorer.views.shared import (AMBER, PALETTE, TEAL, card, download_button, format_value, on_open, upload_widget,
                                    uploaded)
 
@@ -213,6 +214,7 @@ class DiversityExplorer(pn.viewable.Viewer):
     def _compute(self) -> None:
         """Compute A's (and B's) spectra for the current settings in the job runner, then refill the plots."""
         self._sync_other()
+        adopt_warm_results(self.analysis)
         self.jobs.submit(self._compute_all, "Computing spectra", slot="compute", on_done=self._job_ended,
                          on_error=self._job_ended)
 

@@ -15,6 +15,7 @@ the page; any other exception is logged with its traceback and shown with its ty
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
 import threading
 import time
@@ -82,6 +83,7 @@ class JobRunner(pn.viewable.Viewer):
     def __init__(self, **params):
         super().__init__(**params)
         self._jobs: dict[str, Job] = {}
+        self._live: dict[int, Job] = {}   # not ended yet (a job leaves its slot before its on_done has run)
         self._lock = threading.Lock()
         self._call = loop_caller()
         self._closed = False
@@ -112,6 +114,7 @@ class JobRunner(pn.viewable.Viewer):
         with self._lock:
             previous = self._jobs.get(slot)
             self._jobs[slot] = handle
+            self._live[id(handle)] = handle
         if previous is not None:
             previous.progress.cancel()
         self.clear_error()
@@ -126,6 +129,8 @@ class JobRunner(pn.viewable.Viewer):
             self._attempt(handle, job, on_done, on_error)
         finally:
             handle.ended.set()
+            with self._lock:
+                self._live.pop(id(handle), None)
 
     def _attempt(self, handle: Job, job, on_done, on_error) -> None:
         try:
@@ -183,7 +188,7 @@ class JobRunner(pn.viewable.Viewer):
         deadline = time.monotonic() + timeout
         while True:
             with self._lock:
-                jobs = [j for j in self._jobs.values() if not j.ended.is_set()]
+                jobs = [j for j in self._live.values() if not j.ended.is_set()]
             if not jobs:
                 return
             for handle in jobs:
@@ -211,14 +216,14 @@ class JobRunner(pn.viewable.Viewer):
         """Show an error (or a plain warning text) in the message box."""
         text = err if isinstance(err, str) else error_message(err)
         self.message = text
-        self._alert.object = text
+        self._alert.object = html.escape(text)   # file names and typed values are shown, never rendered
         self._alert.alert_type = "warning" if isinstance(err, (InputError, str)) else "danger"
         self._alert.visible = True
 
     def show_message(self, text: str) -> None:
         """A neutral note in the message box (e.g. "Loaded 12 questions")."""
         self.message = text
-        self._alert.object = text
+        self._alert.object = html.escape(text)
         self._alert.alert_type = "info"
         self._alert.visible = True
 

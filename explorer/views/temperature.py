@@ -31,6 +31,7 @@ from explorer.data.sources import QUESTION_SOURCES
 from explorer.errors import InputError
 from explorer.views.jobs import JobRunner, loop_caller
 from explorer.views.run_evaluation import EvaluationPanel
+from explorer.views.server import checked_path, current_user, default_store_path
 from explorer.views.shared import ORANGE, TEAL, download_button, upload_widget, uploaded
 
 FORM = ("model_name", "questions_path", "max_questions", "n_samples", "max_new_tokens", "seed", "batch_questions",
@@ -99,7 +100,7 @@ class TemperatureSensitivity(pn.viewable.Viewer):
     drill_temperature = param.Selector(objects=[None], default=None, label="Inv-Entropy matrices at T")
 
     def __init__(self, **params):
-        params.setdefault("analysis", TemperatureAnalysis())
+        params.setdefault("analysis", TemperatureAnalysis(db_path=default_store_path()))
         super().__init__(**params)
         self.jobs = JobRunner()
         self._upload = upload_widget("Question file", ".csv,.jsonl,.parquet", "ts-upload")
@@ -140,6 +141,9 @@ class TemperatureSensitivity(pn.viewable.Viewer):
     def _on_start(self, _event) -> None:
         try:
             self.analysis.temperatures = parse_temperatures(self.temperatures_text)
+            self.analysis.param.update(
+                db_path=checked_path(self.analysis.db_path, "results database"), run_by=current_user(),
+                questions_path=checked_path(self.analysis.questions_path, "question file", read_only=True))
             self.analysis.validate()
         except InputError as err:
             self.jobs.show_error(err)
@@ -166,7 +170,9 @@ class TemperatureSensitivity(pn.viewable.Viewer):
             return
         from explorer.analyses.temperature import resume_run
 
-        run_id, db = self._runs.value["run_id"].iloc[rows[0]], self.analysis.db_path
+        run_id, db = self._runs.value["run_id"].iloc[rows[0]], self._store()
+        if db is None:
+            return
         placement = {"cluster": self.analysis.cluster, "scheduler": self.analysis.scheduler}
         self.jobs.submit(lambda progress: resume_run(db, run_id, progress, on_cluster=self._cluster_connected,
                                                      **placement), "Resuming", slot="run",
@@ -182,7 +188,10 @@ class TemperatureSensitivity(pn.viewable.Viewer):
 
     def _open_run(self, run_id: str) -> None:
         """Read a stored run in a job; the page shows it when it is read."""
-        results = RunResults(self.analysis.db_path, run_id)
+        db = self._store()
+        if db is None:
+            return
+        results = RunResults(db, run_id)
         self.jobs.submit(results.compute, f"Reading run {run_id}", slot="open", on_done=self._show_run)
 
     def _show_run(self, results: RunResults) -> None:
@@ -232,7 +241,10 @@ class TemperatureSensitivity(pn.viewable.Viewer):
             self.jobs.cancel("compare")
             self.comparison = None
             return
-        comparison = RunComparison(self.results, RunResults(self.analysis.db_path, other))
+        db = self._store()
+        if db is None:
+            return
+        comparison = RunComparison(self.results, RunResults(db, other))
         self.jobs.submit(comparison.compute, f"Reading run {other}", slot="compare",
                          on_done=lambda done: setattr(self, "comparison", done))
 
@@ -255,9 +267,10 @@ class TemperatureSensitivity(pn.viewable.Viewer):
                          on_done=lambda done: self._show_drill(results, qi, t, *done))
 
     def _export_payload(self) -> bytes:
-        if self.results is None:
+        db = self._store()
+        if self.results is None or db is None:
             return b""
-        return export_run(self.analysis.db_path, self.results.run_id)
+        return export_run(db, self.results.run_id)
 
     @param.depends("analysis.db_path", watch=True)
     def _refresh_runs(self) -> None:
@@ -266,8 +279,18 @@ class TemperatureSensitivity(pn.viewable.Viewer):
             self._all_runs = runs
             self._runs.value = runs[["run_id", "name", "created", "model", "status", "answers"]]
             self._compare_options()
-        self.jobs.submit(lambda progress: list_runs(self.analysis.db_path), "Reading past runs", slot="runs",
-                         on_done=shown)
+        db = self._store()
+        if db is not None:
+            self.jobs.submit(lambda progress: list_runs(db), "Reading past runs", slot="runs", on_done=shown)
+
+    def _store(self) -> str | None:
+        """The results database to use; None (and a message) when served and the typed path is outside
+        the server's data directory."""
+        try:
+            return checked_path(self.analysis.db_path, "results database")
+        except InputError as err:
+            self.jobs.show_error(err)
+            return None
 
     # ------------------------------------------------------------------ views
     @param.depends("analysis.max_questions", "analysis.n_samples", "analysis.with_inv_entropy", "analysis.adaptive",

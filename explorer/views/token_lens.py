@@ -10,6 +10,7 @@ run); the plots that depend on the text alone are redrawn only when a run ends.
 from __future__ import annotations
 
 import html
+import math
 
 import holoviews as hv
 import holoviews.plotting.bokeh  # noqa: F401 - registers the Bokeh backend (hv.extension would reset session hooks)
@@ -24,7 +25,9 @@ from explorer.analyses.base import NotComputed
 from explorer.analyses.token_lens import BUCKET_LABELS, RULE_SETTINGS, SMALL_MULTIPLE_TEMPERATURES, TokenLensAnalysis
 from explorer.errors import InputError
 from explorer.kernels.decoding import RULES
+from explorer.models.language_model import MAX_SCORED_TOKENS
 from explorer.views.jobs import JobRunner
+from explorer.views.server import adopt_warm_results
 from explorer.views.shared import AMBER, INK, PURPLE, TEAL, card, download_button, on_open
 
 RESULTS_WIDTH = 740
@@ -32,6 +35,10 @@ MEASURE_COLOURS = {"entropy": TEAL, "surprisal": AMBER, "varentropy": PURPLE}
 CURVE_COLUMNS = ("position", "token", *MEASURE_COLOURS, *(f"{m}_rolling" for m in MEASURE_COLOURS))
 BUCKET_COLOURS = ("#bbf7d0", "#fde68a", "#fecaca", "#d8b4fe")  # GLTR-like: green, yellow, red, purple
 DISPLAY_SETTINGS = ("temperature", "window", "colour_by")
+#: the text boxes' own cut (the browser's maxlength drops what is pasted beyond it, silently) lies far
+#: above any text the model can score (no token is 500 characters long): a longer paste reaches the
+#: model's length check whole and is refused with a message, never cut and scored
+TEXT_MAX_CHARS = 500 * MAX_SCORED_TOKENS
 STALE = "<div class='lens-stale"
 DECODING_NOTE = ("Generate from a prompt to see what the decoding rule removed at each step: the entropy of the full "
                  "distribution, of the truncated one, and how many tokens survived.")
@@ -76,8 +83,10 @@ class TokenEntropyLens(pn.viewable.Viewer):
     def __init__(self, **params):
         params.setdefault("analysis", TokenLensAnalysis())
         super().__init__(**params)
-        self._fill_from_url()
+        url_notes = self._fill_from_url()
         self.jobs = JobRunner()
+        if url_notes:
+            self.jobs.show_error(" ".join(url_notes))
         self._summary = pn.pane.HTML(self._placeholder_summary(), width=RESULTS_WIDTH, css_classes=["lens-summary"])
         self._tokens = pn.pane.HTML("", width=RESULTS_WIDTH, css_classes=["lens-text-pane"])
         self._source = ColumnDataSource({column: [] for column in CURVE_COLUMNS}, name="lens-curves")
@@ -101,9 +110,11 @@ class TokenEntropyLens(pn.viewable.Viewer):
         if self.analysis.text.strip():
             self._run("score")
 
-    def _fill_from_url(self) -> None:
-        """``?text=...&prompt=...&temperature=...`` (a link from another page) fill the form."""
+    def _fill_from_url(self) -> list[str]:
+        """``?text=...&prompt=...&temperature=...`` (a link from another page) fill the form; returns
+        what the page must say about values it could not use."""
         args = pn.state.session_args or {}
+        notes = []
 
         def arg(name: str) -> str | None:
             values = args.get(name)
@@ -112,16 +123,23 @@ class TokenEntropyLens(pn.viewable.Viewer):
         if arg("text") is not None:
             self.analysis.param.update(prompt=arg("prompt") or "", text=arg("text"), mode="score")
         if arg("temperature") is not None:
+            low, high = self.analysis.param.temperature.bounds
             try:
-                self.analysis.temperature = float(arg("temperature"))
+                value = float(arg("temperature"))
+                if not math.isfinite(value):
+                    raise ValueError(value)
+                self.analysis.temperature = value
             except (ValueError, TypeError):
-                pass   # a malformed or out-of-range temperature in the URL keeps the default
+                notes.append(f"The link's temperature ({arg('temperature')[:40]}) is not a number from {low:g} to "
+                             f"{high:g}: the page shows T = {self.analysis.temperature:g}.")
+        return notes
 
     # ------------------------------------------------------------------ actions (no computation here)
     def _run(self, mode: str) -> None:
         self.analysis.mode = mode
         label = "Generating" if mode == "generate" else "Scoring"
-        self.jobs.submit(self.analysis.compute, label, slot="run", on_done=self._show_run)
+        adopt_warm_results(self.analysis)
+        self.jobs.submit(self.analysis.compute, label, slot="run", on_done=self._show_run, on_error=self._show_run)
 
     def _on_display(self, *_events) -> None:
         with pn.io.hold(pn.state.curdoc):
@@ -188,7 +206,8 @@ class TokenEntropyLens(pn.viewable.Viewer):
         score.on_click(lambda _event: self._run("score"))
         controls = pn.Column(
             pn.widgets.TextInput.from_param(analysis.param.model_name, placeholder="Hugging Face id or local path"),
-            pn.widgets.TextAreaInput.from_param(analysis.param.prompt, height=80, name="Prompt"),
+            pn.widgets.TextAreaInput.from_param(analysis.param.prompt, height=80, name="Prompt",
+                                                max_length=TEXT_MAX_CHARS),
             pn.widgets.Checkbox.from_param(analysis.param.chat),
             pn.Row(pn.widgets.Select.from_param(analysis.param.decoding, width=130),
                    pn.widgets.FloatInput.from_param(analysis.param.generation_temperature, width=120)),
@@ -196,13 +215,14 @@ class TokenEntropyLens(pn.viewable.Viewer):
             pn.Row(pn.widgets.IntInput.from_param(analysis.param.max_new_tokens, width=120),
                    pn.widgets.IntInput.from_param(analysis.param.seed, width=120)),
             generate,
-            pn.widgets.TextAreaInput.from_param(analysis.param.text, height=110, name="Text to score"),
+            pn.widgets.TextAreaInput.from_param(analysis.param.text, height=110, max_length=TEXT_MAX_CHARS,
+                                                name=f"Text to score (at most {MAX_SCORED_TOKENS:,} tokens)"),
             score,
             self.jobs,
             width=300, margin=(0, 10),
         )
         display = pn.Row(
-            pn.widgets.FloatSlider.from_param(analysis.param.temperature, width=260),
+            pn.widgets.FloatSlider.from_param(analysis.param.temperature, width=260, css_classes=["lens-temperature"]),
             pn.widgets.RadioButtonGroup.from_param(analysis.param.colour_by, width=260, margin=(22, 10)),
             pn.widgets.IntSlider.from_param(analysis.param.window, width=160),
         )
@@ -213,7 +233,7 @@ class TokenEntropyLens(pn.viewable.Viewer):
             ("Rank buckets", self._ranks),
             ("Attention entropy", pn.Row(self._heatmap, pn.Column(pn.Row(self._layer, self._head),
                                                                   self._attention_line))),
-            dynamic=False, width=RESULTS_WIDTH,
+            dynamic=True, width=RESULTS_WIDTH,   # only the tab on screen is rendered (page opens, run ends)
         )
         plots = pn.Column(pn.pane.Bokeh(self._curves), details,
                           pn.Row(download_button(self._csv, "token_trace.csv", "Export CSV"),
