@@ -17,6 +17,7 @@ _COMPONENTS = {
     "TemperatureSensitivity": "explorer.views.temperature",
     "DiversityExplorer": "explorer.views.diversity",
     "ConformalExplorer": "explorer.views.conformal",
+    "TrainingDynamics": "explorer.views.training",
     "JobRunner": "explorer.views.jobs",
 }
 

@@ -82,6 +82,7 @@ class JobRunner(pn.viewable.Viewer):
     def __init__(self, **params):
         super().__init__(**params)
         self._jobs: dict[str, Job] = {}
+        self._live: dict[int, Job] = {}   # not ended yet (a job leaves its slot before its on_done has run)
         self._lock = threading.Lock()
         self._call = loop_caller()
         self._closed = False
@@ -112,6 +113,7 @@ class JobRunner(pn.viewable.Viewer):
         with self._lock:
             previous = self._jobs.get(slot)
             self._jobs[slot] = handle
+            self._live[id(handle)] = handle
         if previous is not None:
             previous.progress.cancel()
         self.clear_error()
@@ -126,6 +128,8 @@ class JobRunner(pn.viewable.Viewer):
             self._attempt(handle, job, on_done, on_error)
         finally:
             handle.ended.set()
+            with self._lock:
+                self._live.pop(id(handle), None)
 
     def _attempt(self, handle: Job, job, on_done, on_error) -> None:
         try:
@@ -183,7 +187,7 @@ class JobRunner(pn.viewable.Viewer):
         deadline = time.monotonic() + timeout
         while True:
             with self._lock:
-                jobs = [j for j in self._jobs.values() if not j.ended.is_set()]
+                jobs = [j for j in self._live.values() if not j.ended.is_set()]
             if not jobs:
                 return
             for handle in jobs:
