@@ -18,7 +18,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from explorer.analyses.base import NotComputed
-from explorer.analyses.training import FRACTIONS, TrainingAnalysis, _claim_lines, offered_columns, suggested_columns
+from explorer.analyses.training import (
+    FRACTIONS,
+    TrainingAnalysis,
+    _claim_lines,
+    offered_columns,
+    suggested_columns,
+)
 from explorer.data.sources import LOG_SOURCES, TRAINING_SOURCES
 from explorer.data.training_logs import ColumnMap, LoggedRun, RepresentationRun
 from explorer.data.training_runs import (
@@ -71,8 +77,9 @@ def logged_run(name: str = "law", n: int = 40, a: float = 0.2, b: float = 1.1, n
     return LoggedRun(name, frame, f"{name}.csv")
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch):
+    """Every test measures into its own cache dir (spectra are kept there)."""
     monkeypatch.setenv("ENTROPY_EXPLORER_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
 
@@ -150,6 +157,22 @@ def test_t_and_q_moves_read_cached_spectra_and_epochs_the_spectrum():
         assert dse == pytest.approx(dse_from_eigenvalues(diffusion_eigenvalues(Z, 10.0), 3.0), rel=1e-12)
 
 
+def test_spectra_are_kept_on_disk_for_the_same_data_and_settings(cache):
+    run = representation_run("a", 1.0)
+    first = TrainingAnalysis(runs={"a": run}).compute()
+    assert len(list(cache.glob("training-spectra-*.npz"))) == 1
+    same = representation_run("a", 1.0)             # equal data, another object: read back, not measured
+    second = TrainingAnalysis(runs={"a": same})
+    second.compute()
+    pd.testing.assert_frame_equal(first.measures(), second.measures())
+    for one, two in zip(first.spectra(run, "second").cosine, second.spectra(same, "second").cosine):
+        assert torch.equal(one.eigenvalues, two.eigenvalues) and (one.n, one.method) == (two.n, two.method)
+    second.sigma = 3.0                               # other settings, or other data: measured anew
+    second.compute()
+    TrainingAnalysis(runs={"b": representation_run("b", 1.0, seed=5)}).compute()
+    assert len(list(cache.glob("training-spectra-*.npz"))) == 3
+
+
 def test_a_run_without_labels_or_inputs_has_nan_dsmi_and_no_plane():
     run = representation_run("plain", 0.5, labels=False, inputs=False)
     analysis = TrainingAnalysis(runs={"plain": run}).compute()
@@ -208,11 +231,11 @@ def test_runs_studied_just_before_stay_cached():
 def test_layer_choice_follows_the_runs_and_bad_layers_are_refused():
     analysis = TrainingAnalysis(runs={"x": representation_run("x", 1.0)})
     assert analysis.layer == "second" and analysis.param.layer.objects == ["first", "second"]
-    assert analysis.epoch == 0                 # a checkpoint of these runs: kept
+    assert analysis.epoch == 3                 # the last checkpoint
     later = representation_run("x", 1.0)
     later.epochs = later.epochs * 5 + 5
     analysis.runs = {"x": later}
-    assert analysis.epoch == 20                # not one of theirs: their last
+    assert analysis.epoch == 20
     other = representation_run("y", 1.0)
     other.layers = {"third": other.layers["first"]}
     analysis.runs = {"x": representation_run("x", 1.0), "y": other}

@@ -14,6 +14,7 @@ and DSMI from the cached eigenvalues in one batched call per class, :func:`batch
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -24,13 +25,31 @@ import torch
 
 from explorer.analyses.base import Analysis, NotComputed, _Identity, result
 from explorer.analyses.diversity import DSMI_REPEATS, Q_VALUES
-from explorer.data.training_logs import ColumnMap, LoggedRun, RepresentationRun, fit_run_law, log_columns
-from explorer.data.training_runs import FLAT_FRACTION, RUNS, DataSizeUncertainty, dse_claims, input_clusters
+from explorer.data.training_logs import (
+    ColumnMap,
+    LoggedRun,
+    RepresentationRun,
+    fit_run_law,
+    log_columns,
+)
+from explorer.data.training_runs import (
+    FLAT_FRACTION,
+    RUNS,
+    DataSizeUncertainty,
+    cached_arrays,
+    dse_claims,
+    input_clusters,
+)
 from explorer.data.uploads import Upload
 from explorer.errors import InputError
-from explorer.kernels.diversity import Spectrum, diffusion_eigenvalues, dsmi_spectra, kernel_spectrum, median_bandwidth
+from explorer.kernels.diversity import (
+    Spectrum,
+    diffusion_eigenvalues,
+    dsmi_spectra,
+    kernel_spectrum,
+    median_bandwidth,
+)
 from explorer.kernels.training import (
-    MIN_FIT_POINTS,
     EntropyLawFit,
     EntropyLawForecast,
     batched_dse,
@@ -40,9 +59,19 @@ from explorer.kernels.training import (
 from explorer.models.device import one_torch_thread
 from explorer.progress import Progress
 
-__all__ = ["TrainingAnalysis", "NotComputed", "LayerSpectra", "FRACTIONS", "MEASURES", "suggested_columns"]
+__all__ = [
+    "FRACTIONS",
+    "MEASURES",
+    "LayerSpectra",
+    "NotComputed",
+    "TrainingAnalysis",
+    "guessed_columns",
+    "offered_columns",
+    "suggested_columns",
+]
 
 FRACTIONS = tuple(round(0.1 + 0.05 * i, 2) for i in range(17))  # "fit on the first x % of steps": 10 % .. 90 %
+FRACTION_LABELS = {f"{fraction:.0%}": fraction for fraction in FRACTIONS}
 MEASURES = {"dse": "DSE (bits)", "dsmi_labels": "DSMI with the labels (bits)",
             "dsmi_inputs": "DSMI with input clusters (bits)", "vendi": "Vendi score (cosine)",
             "effective_rank": "Effective rank", "scale": "Median pairwise distance",
@@ -50,6 +79,7 @@ MEASURES = {"dse": "DSE (bits)", "dsmi_labels": "DSMI with the labels (bits)",
             "test_loss": "Test loss", "accuracy": "Accuracy", "loss": "Loss"}
 SCALE_GROWTH_NOTE = 2.0   # a fixed sigma is flagged when the median distance changes by more than this factor
 CURVE_POINTS = 200
+SPECTRA_VERSION = 1   # bump when what the cached spectra hold changes
 KEEP_RECENT = 1   # run sets kept cached besides the current one (the bundled runs while an upload is studied)
 # usual names of each logged quantity (matched on the whole lower-cased name, then on its last "/" part)
 COLUMN_NAMES = {
@@ -80,6 +110,33 @@ class LayerSpectra:
     sigma: np.ndarray
     scale: np.ndarray
 
+    @staticmethod
+    def arrays_of(epochs, checkpoints: list[dict]) -> dict[str, np.ndarray]:
+        """The arrays (for an .npz) of per-checkpoint spectra (:meth:`TrainingAnalysis._checkpoint_spectra`)."""
+        column = lambda key: [checkpoint[key] for checkpoint in checkpoints]
+        arrays = {"epochs": np.asarray(epochs), "diffusion": torch.stack(column("diffusion")).numpy(),
+                  "cosine": torch.stack([s.eigenvalues for s in column("cosine")]).numpy(),
+                  "cosine_n": np.asarray(checkpoints[0]["cosine"].n),
+                  "cosine_method": np.asarray(checkpoints[0]["cosine"].method),
+                  **{key: np.asarray(column(key), dtype=np.float64) for key in ("effective_rank", "sigma", "scale")}}
+        for kind in ("labels", "inputs"):
+            parts = column(kind)
+            arrays[f"{kind}_shares"] = np.asarray([share for share, _, _ in parts[0]], dtype=np.float64)
+            for c in range(len(parts[0])):
+                arrays[f"{kind}_{c}_within"] = torch.stack([p[c][1] for p in parts]).numpy()
+                arrays[f"{kind}_{c}_random"] = torch.stack([torch.stack(p[c][2]) for p in parts]).numpy()
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> LayerSpectra:
+        tensor = lambda key: torch.from_numpy(np.asarray(arrays[key], dtype=np.float64))
+        parts = lambda kind: tuple((float(share), tensor(f"{kind}_{c}_within"), tensor(f"{kind}_{c}_random"))
+                                   for c, share in enumerate(arrays[f"{kind}_shares"]))
+        n, method = int(arrays["cosine_n"]), str(arrays["cosine_method"])
+        return cls(np.asarray(arrays["epochs"]), tensor("diffusion"), parts("labels"), parts("inputs"),
+                   tuple(Spectrum(row, n, method=method) for row in tensor("cosine")),
+                   np.asarray(arrays["effective_rank"]), np.asarray(arrays["sigma"]), np.asarray(arrays["scale"]))
+
     def dse(self, t: float) -> np.ndarray:
         return batched_dse(self.diffusion, t).numpy()
 
@@ -91,19 +148,10 @@ class LayerSpectra:
                    parts).numpy()
 
 
-def _stacked_parts(per_checkpoint: list[list]) -> tuple:
-    """DSMI spectra of every checkpoint (lists of (share, within, [random...])) stacked per class."""
-    if not per_checkpoint or not per_checkpoint[0]:
-        return ()
-    return tuple((share, torch.stack([parts[c][1] for parts in per_checkpoint]),
-                  torch.stack([torch.stack(parts[c][2]) for parts in per_checkpoint]))
-                 for c, (share, _within, _random) in enumerate(per_checkpoint[0]))
-
-
-def suggested_columns(columns: list[str], tensorboard: bool = False) -> ColumnMap:
-    """The :class:`ColumnMap` a log's columns (or TensorBoard tags) suggest by their usual names (the whole
-    lower-cased name first, then any part of a ``a/b`` tag); ``step`` is the event step for TensorBoard.
-    Raises :class:`InputError` when no step, entropy or reward column is found."""
+def guessed_columns(columns: list[str], tensorboard: bool = False) -> dict[str, str | None]:
+    """Each logged quantity's column (or TensorBoard tag) by its usual names: the whole lower-cased name
+    first, then any part of an ``a/b`` tag; None where none matches. ``step`` is the event step for
+    TensorBoard."""
     lowered = [column.lower() for column in columns]
 
     def find(field: str) -> str | None:
@@ -116,9 +164,13 @@ def suggested_columns(columns: list[str], tensorboard: bool = False) -> ColumnMa
                     return column
         return None
 
-    chosen = {field: find(field) for field in COLUMN_NAMES}
-    if tensorboard:
-        chosen["step"] = "step"
+    return {field: "step" if field == "step" and tensorboard else find(field) for field in COLUMN_NAMES}
+
+
+def suggested_columns(columns: list[str], tensorboard: bool = False) -> ColumnMap:
+    """The :class:`ColumnMap` of :func:`guessed_columns`; an :class:`InputError` when no step, entropy or reward
+    column is found."""
+    chosen = guessed_columns(columns, tensorboard)
     for field in ("step", "entropy", "reward"):
         if chosen[field] is None:
             raise InputError(f"No {field} column found among {', '.join(columns[:20])}: choose it in the column "
@@ -155,7 +207,7 @@ class TrainingAnalysis(Analysis):
     logs = param.List(default=[], item_type=LoggedRun, doc="Logged runs (step, entropy, reward, ...).")
     bootstrap = param.Integer(default=1000, bounds=(100, 10000), label="Bootstrap resamples")
     level = param.Number(default=0.95, bounds=(0.5, 0.99), step=0.01, label="Interval level")
-    fraction = param.Selector(objects=list(FRACTIONS), default=0.3, label="Fit on the first share of steps")
+    fraction = param.Selector(objects=FRACTION_LABELS, default=0.3, label="Fit on the first share of steps")
     data_size = param.ClassSelector(class_=DataSizeUncertainty, allow_None=True,
                                     doc="Ensemble uncertainty against the training-set size.")
 
@@ -176,15 +228,14 @@ class TrainingAnalysis(Analysis):
 
     @param.depends("runs", watch=True)
     def _on_runs(self):
-        """New runs: the layer choice follows their layers (the current one when they have it)."""
+        """New runs: the layer choice follows their layers (the current one when they have it), the epoch
+        goes to their last checkpoint."""
         layers = list(next(iter(self.runs.values())).layers) if self.runs else []
-        self.param.layer.objects = layers
-        if self.layer not in layers:
-            self.layer = layers[-1] if layers else None
-        if self.runs:
-            epochs = np.unique(np.concatenate([run.epochs for run in self.runs.values()]))
-            if self.epoch not in epochs:
-                self.epoch = int(epochs[-1])
+        layer = self.layer if self.layer in layers else (layers[-1] if layers else None)
+        self.param.layer.objects = layers   # (a select showing the layers may pick its first one here)
+        self.layer = layer
+        if self.runs:   # the spectrum starts at the last checkpoint (at epoch 0 runs often share their weights)
+            self.epoch = int(max(run.epochs.max() for run in self.runs.values()))
 
     def not_computed_message(self, name: str) -> str:
         return "Computing the spectra of every checkpoint…" if name == "spectra" else "Fitting the entropy law…"
@@ -224,22 +275,34 @@ class TrainingAnalysis(Analysis):
 
     @result("sigma", "_input_groups", heavy=True)
     def spectra(self, run: RepresentationRun, layer: str, progress: Progress | None = None) -> LayerSpectra:
-        """Every checkpoint's spectra of ``layer`` in ``run`` (the long part; see :class:`LayerSpectra`). Keyed
-        by the run itself: the runs studied just before stay cached (see :meth:`_release`)."""
+        """Every checkpoint's spectra of ``layer`` in ``run`` (the long part; see :class:`LayerSpectra`), kept in
+        the cache dir under a digest of the run's data and the settings, so a run measured once (the bundled
+        one) opens at once in every later session. Keyed by the run itself in memory: the runs studied just
+        before stay cached (see :meth:`_release`)."""
         if layer not in run.layers:
             raise InputError(f"Run {run.name!r} has no layer {layer!r}; its layers are {', '.join(run.layers)}.")
+        filename = f"training-spectra-{self._digest(run, layer)}.npz"
+        return LayerSpectra.from_arrays(cached_arrays(filename, lambda: self._measured(run, layer, progress)))
+
+    def _digest(self, run: RepresentationRun, layer: str) -> str:
+        """A digest of what the spectra depend on: the checkpoints of ``layer``, labels, inputs, settings."""
+        digest = hashlib.sha256(repr((SPECTRA_VERSION, self.sigma, self.clusters, self.seed, DSMI_REPEATS,
+                                      run.epochs.tolist())).encode())
+        for array in (run.layers[layer], run.labels, run.inputs):
+            if array is not None:
+                digest.update(np.ascontiguousarray(np.asarray(array).astype(str) if np.asarray(array).dtype == object
+                                                   else np.asarray(array)).tobytes())
+            digest.update(b"|")
+        return digest.hexdigest()[:16]
+
+    def _measured(self, run: RepresentationRun, layer: str, progress: Progress | None) -> dict[str, np.ndarray]:
         groups, stack, checkpoints = self._input_groups(run), run.layers[layer], []
-        with one_torch_thread():
-            for i, epoch in enumerate(run.epochs):
-                if progress is not None:
-                    progress.update(i, len(run.epochs), f"Spectra of {run.name}, {layer}: epoch {epoch} "
-                                                         f"({i + 1}/{len(run.epochs)})")
-                checkpoints.append(self._checkpoint_spectra(stack[i], run.labels, groups))
-        column = lambda key: [checkpoint[key] for checkpoint in checkpoints]
-        return LayerSpectra(np.asarray(run.epochs), torch.stack(column("diffusion")), _stacked_parts(column("labels")),
-                            _stacked_parts(column("inputs")), tuple(column("cosine")),
-                            np.asarray(column("effective_rank")), np.asarray(column("sigma")),
-                            np.asarray(column("scale")))
+        for i, epoch in enumerate(run.epochs):
+            if progress is not None:
+                progress.update(i, len(run.epochs), f"Spectra of {run.name}, {layer}: epoch {epoch} "
+                                                     f"({i + 1}/{len(run.epochs)})")
+            checkpoints.append(self._checkpoint_spectra(stack[i], run.labels, groups))
+        return LayerSpectra.arrays_of(run.epochs, checkpoints)
 
     def _checkpoint_spectra(self, Z: torch.Tensor, labels, groups) -> dict:
         """One checkpoint's spectra, as :func:`explorer.kernels.training.representation_entropy` measures it."""

@@ -141,8 +141,9 @@ def _snapshot(network, Xt, yt, Xp, yp) -> dict[str, np.ndarray]:
             "train_loss": loss(train_logits, yt), "test_loss": loss(probe_logits, yp)}
 
 
-def _cached(filename: str, build) -> dict[str, np.ndarray]:
-    """Arrays of ``filename`` in the cache dir, built (once per process at a time) when absent or damaged."""
+def cached_arrays(filename: str, build) -> dict[str, np.ndarray]:
+    """Arrays of ``filename`` in the cache dir (.npz, never pickled), built by ``build()`` on one torch thread
+    (once per process at a time) when absent or damaged."""
     path = cache_dir() / filename
     with _BUILD_LOCK:
         if path.exists():
@@ -165,7 +166,7 @@ def load_digits_runs(setup: DigitsTraining = DigitsTraining(), progress: Progres
     runs = {}
     for name in RUNS:
         shuffled = name == "shuffled labels"
-        arrays = _cached(f"digits-training-{'shuffled' if shuffled else 'true'}-{setup.key()}.npz",
+        arrays = cached_arrays(f"digits-training-{'shuffled' if shuffled else 'true'}-{setup.key()}.npz",
                          lambda: _train_run(setup, shuffled, progress))  # noqa: B023 - called at once
         runs[name] = _as_run(f"digits MLP, {name}", arrays)
     return runs
@@ -298,7 +299,7 @@ def _ensemble_probs(setup: DataSizeTraining, progress: Progress | None) -> dict[
 def uncertainty_vs_data_size(setup: DataSizeTraining = DataSizeTraining(),
                              progress: Progress | None = None) -> DataSizeUncertainty:
     """Deep-ensemble uncertainty on the probe digits against the training-set size (trained and cached)."""
-    arrays = _cached(f"digits-data-size-{setup.key()}.npz", lambda: _ensemble_probs(setup, progress))
+    arrays = cached_arrays(f"digits-data-size-{setup.key()}.npz", lambda: _ensemble_probs(setup, progress))
     probs = torch.from_numpy(arrays["probs"]).double()
     labels = torch.from_numpy(arrays["labels"])
     rows = []

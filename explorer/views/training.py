@@ -13,27 +13,52 @@ from __future__ import annotations
 
 import contextlib
 import html
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
 import panel as pn
 import param
-from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMapper, Span
+from bokeh.models import ColorBar, ColumnDataSource, FixedTicker, HoverTool, LinearColorMapper, Span
 from bokeh.plotting import figure
 
-from explorer.analyses.training import MEASURES, NotComputed, TrainingAnalysis, offered_columns, suggested_columns
+from explorer.analyses.training import (
+    MEASURES,
+    TrainingAnalysis,
+    guessed_columns,
+    offered_columns,
+    suggested_columns,
+)
 from explorer.data.sources import DATA_SIZE_SOURCES, LOG_SOURCES, TRAINING_SOURCES
-from explorer.data.training_logs import BUNDLED_RL_DESCRIPTION, BUNDLED_RL_LOG, ColumnMap, is_tensorboard_file, \
-    log_columns
+from explorer.data.training_logs import (
+    BUNDLED_RL_DESCRIPTION,
+    BUNDLED_RL_LOG,
+    ColumnMap,
+    is_tensorboard_file,
+    log_columns,
+)
 from explorer.data.uploads import Upload
 from explorer.errors import InputError
+from explorer.views.diversity import LOG_TICKS
 from explorer.views.jobs import JobRunner
-from explorer.views.shared import AMBER, GREY, MUTED, PALETTE, card, download_button, format_value, on_open, \
-    upload_widget, uploaded, warning_notes
+from explorer.views.shared import (
+    AMBER,
+    GREY,
+    MUTED,
+    PALETTE,
+    card,
+    download_button,
+    format_value,
+    on_open,
+    upload_widget,
+    uploaded,
+    warning_notes,
+)
 
 RESULTS_WIDTH = 760
 MARKERS = ["circle", "triangle", "square", "diamond", "inverted_triangle", "hex"]
 NOT_LOGGED = "(not logged)"
+CHOOSE = "(choose a column)"
 EVENT_STEP = "(event step)"
 REPRESENTATION_SETTINGS = ("runs", "layer", "sigma", "clusters", "seed")
 LAW_SETTINGS = ("logs", "bootstrap", "level", "seed")
@@ -47,11 +72,14 @@ DATA_SIZE_NOTE = ("<b>Uncertainty against data size</b> (Scaling Laws for Uncert
                   "H[mean p] - mean H[p], with power laws y = c n^-k fitted on log-log axes (t intervals of k).")
 
 
-def _figure(title: str, x_label: str, y_label: str, name: str, width: int = 370, height: int = 300, **kwargs):
+def _figure(title: str, x_label: str, y_label: str, name: str, width: int = 370, height: int = 320, **kwargs):
     fig = figure(title=title, width=width, height=height, x_axis_label=x_label, y_axis_label=y_label,
                  tools="pan,wheel_zoom,box_zoom,reset,save", toolbar_location="right", name=name, **kwargs)
     fig.title.text_font_size = "12px"
     fig.toolbar.logo = None
+    for axis, kind in ((fig.xaxis, kwargs.get("x_axis_type")), (fig.yaxis, kwargs.get("y_axis_type"))):
+        if kind == "log":  # 1-2-5 ticks, as on the diversity page: Bokeh's own leave short log ranges unlabelled
+            axis.ticker = FixedTicker(ticks=LOG_TICKS, minor_ticks=[])
     return fig
 
 
@@ -66,6 +94,13 @@ def _fill(source: ColumnDataSource, frame: pd.DataFrame | dict | None) -> None:
     else:
         source.data = {column: (frame[column].to_numpy() if isinstance(frame, pd.DataFrame) else frame[column])
                        for column in source.data}
+
+
+def _legend_below(fig) -> None:
+    """The legend under the plot, in one row (inside, it hides the curves it names)."""
+    legend = fig.legend[0]
+    legend.orientation, legend.margin, legend.padding, legend.spacing = "horizontal", 2, 2, 12
+    fig.add_layout(legend, "below")
 
 
 def _colours(names) -> dict[str, str]:
@@ -192,16 +227,17 @@ class TrainingDynamics(pn.viewable.Viewer):
         def job(progress):
             offered = offered_columns(uploads) if key == "upload" else log_columns(BUNDLED_RL_LOG)
             tensorboard = bool(uploads) and all(is_tensorboard_file(upload.name) for upload in uploads)
-            try:
+            mapping = asdict(columns) if columns else guessed_columns(offered, tensorboard)
+            try:   # on an error the selects still show the columns and the mapping tried, to fix by hand
                 chosen = columns or suggested_columns(offered, tensorboard)
-                return offered, tensorboard, chosen, LOG_SOURCES.load(key, progress, uploads, columns=chosen), None
+                return offered, tensorboard, mapping, LOG_SOURCES.load(key, progress, uploads, columns=chosen), None
             except InputError as err:
-                return offered, tensorboard, columns, None, err
+                return offered, tensorboard, mapping, None, err
 
         def loaded(found):
-            offered, tensorboard, chosen, logs, error = found
+            offered, tensorboard, mapping, logs, error = found
             self._mapped = (key, list(uploads))
-            self._set_column_widgets(offered, tensorboard, chosen)
+            self._set_column_widgets(offered, tensorboard, mapping)
             if error is not None:
                 self.jobs.show_error(error)
                 return
@@ -312,18 +348,19 @@ class TrainingDynamics(pn.viewable.Viewer):
         step = int(np.diff(epochs).min()) if len(epochs) > 1 else 1
         self._epoch.param.update(start=int(epochs[0]), end=int(epochs[-1]), step=step, value=a.epoch)
 
-    def _set_column_widgets(self, offered: list[str], tensorboard: bool, chosen: ColumnMap | None) -> None:
+    def _set_column_widgets(self, offered: list[str], tensorboard: bool, mapping: dict[str, str | None]) -> None:
         """Fill the column selects with the log's columns and the mapping in use (quietly)."""
         with self._quiet():
             for name, widget in self._column_widgets.items():
                 if name == "step" and tensorboard:
                     widget.options, widget.value, widget.disabled = {EVENT_STEP: "step"}, "step", True
                     continue
-                optional = name in ("covariance", "advantage")
+                value = mapping.get(name)
+                blank = NOT_LOGGED if name in ("covariance", "advantage") else CHOOSE
                 widget.disabled = False
-                widget.options = ({NOT_LOGGED: ""} if optional else {}) | {column: column for column in offered}
-                value = getattr(chosen, name) if chosen is not None else None
-                widget.value = value if value in offered else ("" if optional else None)
+                widget.options = ({blank: ""} if blank == NOT_LOGGED or value not in offered else {}) | {
+                    column: column for column in offered}
+                widget.value = value if value in offered else ""
 
     def _build_layout(self):
         a = self.analysis
@@ -350,15 +387,17 @@ class TrainingDynamics(pn.viewable.Viewer):
             *self._column_widgets.values(),
             pn.widgets.IntInput.from_param(a.param.bootstrap),
             pn.widgets.FloatInput.from_param(a.param.level),
-            pn.widgets.DiscreteSlider.from_param(a.param.fraction, formatter="{:.0%}", css_classes=["tr-fraction"]),
+            pn.widgets.DiscreteSlider.from_param(a.param.fraction, css_classes=["tr-fraction"]),
             download_button(self._fits_csv, "entropy_law_fits.csv", "Export fits (CSV)", width=280),
             download_button(self._forecast_csv, "entropy_law_forecast.csv", "Export forecast (CSV)", width=280),
             download_button(self._covariance_csv, "entropy_covariance.csv", "Export entropy change vs covariance (CSV)",
                             width=280),
             download_button(self._points_csv, "training_log.csv", "Export the mapped log (CSV)", width=280),
             width=310)
+        # visibility is toggled on a box around the figure (toggling a Bokeh pane's own fails in Panel 1.9)
+        self._covariance_box = pn.Column(self._figures["covariance"], margin=0, css_classes=["tr-covariance"])
         law_main = pn.Column(self._log_about, self._law_cards, self._law_table,
-                             pn.Row(self._figures["law"], self._figures["covariance"]),
+                             pn.Row(self._figures["law"], self._covariance_box),
                              self._forecast_cards, pn.Row(self._figures["forecast"], self._figures["error"]),
                              width=RESULTS_WIDTH + 20)
         size_main = pn.Column(pn.pane.HTML(DATA_SIZE_NOTE, width=RESULTS_WIDTH), self._size_cards,
@@ -385,7 +424,7 @@ class TrainingDynamics(pn.viewable.Viewer):
         dots = fig.scatter("epoch", "value", source=src["measure_points"], color="colour", size=4)
         fig.add_tools(HoverTool(renderers=[dots], tooltips=[("run", "@run"), ("epoch", "@epoch"),
                                                             ("value", "@value{0.000}")]))
-        fig.legend.location = "top_left"
+        _legend_below(fig)
         self._epoch_span = Span(location=0, dimension="height", line_color="black", line_dash="dotted",
                                 name="tr-epoch-span")
         fig.add_layout(self._epoch_span)
@@ -404,14 +443,14 @@ class TrainingDynamics(pn.viewable.Viewer):
         plane.add_layout(ColorBar(color_mapper=self._epoch_colours, title="epoch", width=8), "right")
         plane.add_tools(HoverTool(renderers=[points], tooltips=[("run", "@run"), ("epoch", "@epoch"),
                                                                 ("DSMI(Z;X)", "@x{0.000}"), ("DSMI(Z;Y)", "@y{0.000}")]))
-        plane.legend.location = "top_left"
+        _legend_below(plane)
         self._figures["plane"] = plane
 
         src["spectrum"] = _source("tr-spectrum", "xs", "ys", "run", "colour")
         spectrum = _figure("Diffusion spectrum at epoch 0", "rank", "μ_i = |λ_i|^t / Σ|λ_j|^t", "tr-spectrum-figure",
                            width=RESULTS_WIDTH, height=260, x_axis_type="log", y_axis_type="log")
         spectrum.multi_line("xs", "ys", source=src["spectrum"], color="colour", line_width=2, legend_field="run")
-        spectrum.legend.location = "bottom_left"
+        spectrum.legend.location = "top_right"
         self._figures["spectrum"] = spectrum
 
     def _build_law_figures(self) -> None:
@@ -432,7 +471,7 @@ class TrainingDynamics(pn.viewable.Viewer):
                                                             ("H", "@entropy{0.000}"), ("R", "@reward{0.000}")]),
                       HoverTool(renderers=[ceiling], tooltips=[("ceiling b - a", "@ceiling{0.000}"),
                                                                ("interval", "@low{0.000} to @high{0.000}")]))
-        law.legend.location = "top_right"
+        _legend_below(law)
         self._figures["law"] = law
 
         src["covariance_points"] = _source("tr-covariance-points", "covariance", "entropy_change", "step", "run",
@@ -444,6 +483,7 @@ class TrainingDynamics(pn.viewable.Viewer):
                            alpha=0.4)
         cov.multi_line("xs", "ys", source=src["covariance_lines"], color="colour", line_width=2, line_dash="dashed",
                        legend_field="run")
+        _legend_below(cov)
         cov.add_layout(Span(location=0, dimension="width", line_color=GREY))
         cov.add_tools(HoverTool(renderers=[dots], tooltips=[("run", "@run"), ("step", "@step"),
                                                             ("Cov", "@covariance{0.0000}"),
@@ -461,7 +501,7 @@ class TrainingDynamics(pn.viewable.Viewer):
                             legend_field="run")
         forecast.segment("step", "low", "step", "high", source=src["forecast_split"], color="black",
                          line_dash="dashed")
-        forecast.legend.location = "bottom_right"
+        _legend_below(forecast)
         self._figures["forecast"] = forecast
 
         src["forecast_error"] = _source("tr-forecast-error", "step", "error", "run", "colour")
@@ -482,7 +522,7 @@ class TrainingDynamics(pn.viewable.Viewer):
                                       ("mutual_information", AMBER, "mutual information (epistemic)")):
             fig.line("n", f"{column}_fit", source=src["size_fits"], color=colour, line_width=2, line_dash="dashed")
             fig.scatter("n", column, source=src["size_points"], color=colour, size=9, legend_label=label)
-        fig.legend.location = "bottom_left"
+        _legend_below(fig)
         self._figures["size"] = fig
 
     # ----------------------------------------------------------------------------- showing cached results
@@ -562,7 +602,8 @@ class TrainingDynamics(pn.viewable.Viewer):
         about = f"<div style='font-size:13px;margin:4px 0'>{DIGITS_NOTE}</div>" if self._loaded["runs"] == "digits" \
             else ""
         claims = "".join(f"<li class='tr-claim'>{html.escape(line)}</li>" for line in lines)
-        return f"{header}{about}<div>{''.join(cards)}</div><ul class='tr-claims' style='margin:4px 0'>{claims}</ul>"
+        return (f"<div class='tr-verdict-body'>{header}{about}<div>{''.join(cards)}</div>"
+                f"<ul class='tr-claims' style='margin:4px 0'>{claims}</ul></div>")
 
     def _show_measure(self) -> None:
         def render():
@@ -603,9 +644,10 @@ class TrainingDynamics(pn.viewable.Viewer):
         if not self.analysis.logs:
             return ""
         if self._loaded["logs"] == "rl_addition":
-            return f"<div style='font-size:13px'><b>Bundled run</b>: {html.escape(BUNDLED_RL_DESCRIPTION)}</div>"
+            return (f"<div class='tr-log-about-body' style='font-size:13px'><b>Bundled run</b>: "
+                    f"{html.escape(BUNDLED_RL_DESCRIPTION)}</div>")
         runs = ", ".join(f"{run.name} ({run.steps} steps)" for run in self.analysis.logs)
-        return f"<div style='font-size:13px'><b>Logged runs</b>: {html.escape(runs)}</div>"
+        return f"<div class='tr-log-about-body' style='font-size:13px'><b>Logged runs</b>: {html.escape(runs)}</div>"
 
     def _clear_laws(self, message: str) -> None:
         for name in ("law_points", "law_curves", "law_bands", "law_ceiling", "covariance_points",
@@ -620,7 +662,8 @@ class TrainingDynamics(pn.viewable.Viewer):
         colours = _colours(run.name for run in a.logs)
         table = a.law_table()
         self._law_cards.object = self._law_cards_html(table)
-        self._law_table.value = table.drop(columns=["level", "bootstrap"]).round(4)
+        self._law_table.value = table[["run", "steps", "a", "b", "ceiling", "ceiling_low", "ceiling_high", "r2",
+                                       "reward_last", "note"]].round(4)
         points = a.log_points()
         _fill(self._src["law_points"], points.assign(colour=points["run"].map(colours)))
         curves = a.law_curves()
@@ -651,8 +694,8 @@ class TrainingDynamics(pn.viewable.Viewer):
                            f"{row.reward_last:.2f}", key=f"{row.run}-r2", prefix="tr")]
         caution = ("Intervals: bootstrap over steps (consecutive steps of a run are correlated, so they are on the "
                    "narrow side).")
-        return (f"<div>{''.join(cards)}</div>{warning_notes(notes, 'tr-law-note')}"
-                f"<div style='font-size:12px;color:{MUTED}'>{caution}</div>")
+        return (f"<div class='tr-law-body'><div>{''.join(cards)}</div>{warning_notes(notes, 'tr-law-note')}"
+                f"<div style='font-size:12px;color:{MUTED}'>{caution}</div></div>")
 
     def _show_covariance(self, colours: dict[str, str]) -> None:
         a = self.analysis
@@ -664,12 +707,9 @@ class TrainingDynamics(pn.viewable.Viewer):
             lines.append(pd.DataFrame({"run": run, "x": x, "y": part["slope"].iloc[0] * x}))
         _fill(self._src["covariance_lines"], _lines(pd.concat(lines), "x", "y", colours) if lines else None)
         summary = table.groupby("run", sort=False)[["correlation", "slope"]].first()
-        fig = self._figures["covariance"]
-        if summary.empty:
-            fig.title.text = "Entropy change vs covariance: map a covariance column to see it"
-        else:
-            fig.title.text = "Entropy change vs covariance: " + "; ".join(
-                f"{run} r = {row.correlation:.2f}" for run, row in summary.iterrows())
+        self._covariance_box.visible = not summary.empty   # shown where the log has the covariance term
+        self._figures["covariance"].title.text = "Entropy change vs covariance (Pearson r = " + ", ".join(
+            f"{row.correlation:.2f}" for _, row in summary.iterrows()) + ")"
 
     def _show_forecast(self) -> None:
         def render():
@@ -708,7 +748,7 @@ class TrainingDynamics(pn.viewable.Viewer):
                            prefix="tr"),
                       card(f"Mean |error| on the other {row.held_out_steps}, {row.run}",
                            f"{row.mean_absolute_error:.3f}", "reward units", key=f"{row.run}-mae", prefix="tr")]
-        return f"<div>{''.join(cards)}</div>{warning_notes(notes, 'tr-forecast-note')}"
+        return f"<div class='tr-forecast-body'><div>{''.join(cards)}</div>{warning_notes(notes, 'tr-forecast-note')}</div>"
 
     def _show_data_size(self) -> None:
         def render():
@@ -717,11 +757,11 @@ class TrainingDynamics(pn.viewable.Viewer):
             _fill(self._src["size_points"], table)
             _fill(self._src["size_fits"], table)
             fits = a.data_size_fits()
-            self._size_cards.object = "".join(
+            self._size_cards.object = "<div class='tr-size-body'>" + "".join(
                 card(f"Exponent k, {row.uncertainty}", f"{row.k:.3f}",
                      f"{row.level:.0%} interval {row.k_low:.3f} to {row.k_high:.3f}; R² {row.r2:.2f}",
-                     key=f"k-{row.uncertainty}", prefix="tr") for row in fits.itertuples())
-            self._size_table.value = table.round(5)
+                     key=f"k-{row.uncertainty}", prefix="tr") for row in fits.itertuples()) + "</div>"
+            self._size_table.value = table[["n", "predictive", "expected", "mutual_information", "accuracy"]].round(5)
         with pn.io.hold(pn.state.curdoc):
             self._read(render)
 
