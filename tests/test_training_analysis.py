@@ -118,7 +118,7 @@ def test_batched_dse_is_the_one_spectrum_kernel_row_by_row(seed, rows, m, pad, t
 def test_measures_are_measure_runs_numbers_at_every_t_q_and_sigma(cache):
     runs = load_digits_runs(SMALL)
     analysis = TrainingAnalysis(runs=runs, clusters=4, layer="hidden 1")
-    for sigma, t, q in ((10.0, 1.0, 1.0), (10.0, 2.5, 2.0), (0.0, 1.0, math.inf), (0.0, 0.5, 0.5)):
+    for sigma, t, q in ((10.0, 1.0, 1.0), (10.0, 2.5, 2.0), (0.0, 0.5, math.inf)):
         analysis.param.update(sigma=sigma, t=t, q=q)
         analysis.compute()
         with analysis.reading():

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import panel as pn
 import param
-from bokeh.models import ColorBar, ColumnDataSource, FixedTicker, HoverTool, LinearColorMapper, Span
+from bokeh.models import ColorBar, ColumnDataSource, FixedTicker, HoverTool, LinearColorMapper, LogTicker, Span
 from bokeh.plotting import figure
 
 from explorer.analyses.training import (
@@ -434,6 +434,7 @@ class TrainingDynamics(pn.viewable.Viewer):
         src["plane_points"] = _source("tr-plane-points", "x", "y", "epoch", "run", "marker")
         plane = _figure("Information plane (colour: epoch)", "DSMI(Z; X) with input clusters (bits)",
                         "DSMI(Z; Y) with the labels (bits)", "tr-plane-figure")
+        plane.xaxis.ticker.desired_num_ticks = 4   # its labels are long on narrow ranges
         plane.multi_line("xs", "ys", source=src["plane_lines"], color="colour", line_width=1.5, alpha=0.6,
                          legend_field="run")
         self._epoch_colours = LinearColorMapper(palette="Viridis256", low=0, high=1)
@@ -449,6 +450,7 @@ class TrainingDynamics(pn.viewable.Viewer):
         src["spectrum"] = _source("tr-spectrum", "xs", "ys", "run", "colour")
         spectrum = _figure("Diffusion spectrum at epoch 0", "rank", "μ_i = |λ_i|^t / Σ|λ_j|^t", "tr-spectrum-figure",
                            width=RESULTS_WIDTH, height=260, x_axis_type="log", y_axis_type="log")
+        spectrum.yaxis.ticker = LogTicker()   # many decades: powers of ten read best
         spectrum.multi_line("xs", "ys", source=src["spectrum"], color="colour", line_width=2, legend_field="run")
         spectrum.legend.location = "top_right"
         self._figures["spectrum"] = spectrum
