@@ -6,10 +6,11 @@ uncertainty against the training-set size.
 
 The long parts are the spectra of every checkpoint (one diffusion eigendecomposition per checkpoint, and
 the within-class / random-subset ones DSMI needs; Vendi's cosine spectrum) and the bootstrap fits of the
-law. They are computed by :meth:`TrainingAnalysis.compute` (or per section: ``compute_representations``,
-``compute_laws``) and cached; DSE and DSMI at any diffusion time t, Vendi of any order q, the spectrum at
-any epoch and the forecast at any split are then cheap reads (a t move recomputes every checkpoint's DSE
-and DSMI from the cached eigenvalues in one batched call per class, :func:`batched_dse`).
+law. They are computed by :meth:`TrainingAnalysis.compute` (or per part: ``compute_representations``,
+``law_fits``, ``forecasts``) and cached (the spectra also on disk, under a digest of the data and the
+settings). DSE and DSMI at any diffusion time t, Vendi of any order q, the spectrum at any epoch and the
+forecast at any share of the steps are then cheap reads: a t move recomputes every checkpoint's DSE and
+DSMI from the cached eigenvalues in one batched call per class (:func:`batched_dse`).
 """
 
 from __future__ import annotations
@@ -238,7 +239,8 @@ class TrainingAnalysis(Analysis):
             self.epoch = int(max(run.epochs.max() for run in self.runs.values()))
 
     def not_computed_message(self, name: str) -> str:
-        return "Computing the spectra of every checkpoint…" if name == "spectra" else "Fitting the entropy law…"
+        return "Fitting the entropy law…" if name in ("law_fits", "forecasts") else \
+            "Computing the spectra of every checkpoint…"
 
     # ------------------------------------------------------------------------- representations
     def _runs(self) -> dict[str, RepresentationRun]:
@@ -256,10 +258,6 @@ class TrainingAnalysis(Analysis):
     def compute_representations(self, progress: Progress | None = None) -> None:
         for run in self._runs().values():
             self.spectra(run, self.layer, progress=progress)
-
-    def compute_laws(self, progress: Progress | None = None) -> None:
-        self.law_fits(progress=progress)
-        self.forecasts(progress=progress)
 
     def compute_steps(self):
         steps = []
