@@ -5,6 +5,7 @@ recomputed exactly when a setting it depends on changes; a long result is NotCom
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 
@@ -20,9 +21,11 @@ from explorer.analyses.diversity import DiversityAnalysis
 from explorer.analyses.runs import RunResults
 from explorer.analyses.temperature import TemperatureAnalysis
 from explorer.analyses.token_lens import TokenLensAnalysis
+from explorer.analyses.training import TrainingAnalysis
 from explorer.data.classifier_outputs import outputs_from_arrays
 from explorer.data.embeddings import validated
 from explorer.data.store import ResultsStore
+from explorer.data.training_logs import LoggedRun, RepresentationRun
 from explorer.progress import Progress
 
 
@@ -132,13 +135,28 @@ def stored_run(tmp_path_factory):
     return db, run_id
 
 
+def _training():
+    gen = np.random.default_rng(0)
+    labels = np.repeat(np.arange(2), 8)
+    runs = {name: RepresentationRun(name, np.arange(3), {layer: torch.tensor(
+        gen.normal(size=(3, 16, 4)) + np.arange(3)[:, None, None] * labels[None, :, None], dtype=torch.float32)
+        for layer in ("first", "second")}, labels, torch.tensor(gen.normal(size=(16, 3)), dtype=torch.float32))
+        for name in ("true labels", "shuffled labels")}
+    H = np.linspace(1.5, 0.2, 12)
+    log = LoggedRun("log", __import__("pandas").DataFrame({"step": np.arange(12.0), "entropy": H,
+                                                          "reward": 1 - 0.2 * np.exp(H) + gen.normal(0, 0.01, 12)}),
+                    "log.csv")
+    return TrainingAnalysis(runs=runs, logs=[log], bootstrap=100, clusters=2)
+
+
 FACTORIES = {
     "diversity": lambda run: DiversityAnalysis(dataset=_clusters()),
     "conformal": lambda run: ConformalAnalysis(outputs=_outputs(), method="aps", n_splits=20),
     "runs": lambda run: RunResults(*run),
+    "training": lambda run: _training(),
 }
 NO_DATA = {"diversity": DiversityAnalysis, "conformal": ConformalAnalysis, "lens": TokenLensAnalysis,
-           "temperature": TemperatureAnalysis, "runs": RunResults}
+           "temperature": TemperatureAnalysis, "runs": RunResults, "training": TrainingAnalysis}
 
 
 def _other_value(parameter: param.Parameter, value):
@@ -203,7 +221,8 @@ def test_results_are_recomputed_exactly_when_a_setting_they_depend_on_changes(ki
         setattr(analysis, name, value)
 
 
-@pytest.mark.parametrize("kind, setting, value", [("diversity", "kernel", "rbf"), ("conformal", "seed", 7)])
+@pytest.mark.parametrize("kind, setting, value", [("diversity", "kernel", "rbf"), ("conformal", "seed", 7),
+                                                  ("training", "sigma", 2.0), ("training", "bootstrap", 150)])
 def test_a_setting_changed_while_compute_runs_leaves_no_stale_result(kind, setting, value, stored_run):
     analysis = FACTORIES[kind](stored_run)
     progress = Progress()
@@ -231,4 +250,6 @@ def _same(a, b) -> bool:
         return np.array_equal(a, b)
     if hasattr(a, "eigenvalues"):
         return torch.equal(a.eigenvalues, b.eigenvalues)
+    if dataclasses.is_dataclass(a):
+        return all(_same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
     return a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b))

@@ -162,3 +162,59 @@ QUESTION_SOURCES = Sources(
     Source("location", "File path or Hugging Face dataset", _question_location,
            "A path on this machine, a dataset folder, or hf:owner/name.", kind="location"),
 )
+
+
+def _digits_runs(progress, **_):
+    from explorer.data.training_runs import load_digits_runs
+    return load_digits_runs(progress=progress)
+
+
+def _representation_upload(progress, uploads, **_):
+    from explorer.data.training_logs import load_representation_run
+    run = load_representation_run({upload.name: upload.data for upload in uploads})
+    return {run.name: run}
+
+
+TRAINING_SOURCES = Sources(
+    "representation",
+    Source("digits", "Digits MLP: true vs shuffled labels", _digits_runs,
+           "A 64-256-256-10 MLP trained on scikit-learn's digits twice (true labels; labels shuffled among the "
+           "training rows), both hidden layers saved on 500 held-out digits at epochs 0-60 (trained on first use, "
+           "cached)."),
+    Source("upload", "Uploaded checkpoints", _representation_upload,
+           "One .npy/.npz/.parquet file per epoch (the epoch in the file name; labels.npy and inputs.npy beside "
+           "them), or one Parquet file with an epoch column.", kind="upload"),
+)
+
+
+def _bundled_log(progress, columns=None, **_):
+    from explorer.data.training_logs import BUNDLED_RL_LOG, ColumnMap, load_training_logs
+    bundled = ColumnMap(covariance="covariance", advantage="advantage_abs_mean")
+    return load_training_logs([BUNDLED_RL_LOG], columns or bundled)
+
+
+def _log_upload(progress, uploads, columns=None, **_):
+    from explorer.data.training_logs import ColumnMap, load_training_logs
+    return load_training_logs({upload.name: upload.data for upload in uploads}, columns or ColumnMap())
+
+
+LOG_SOURCES = Sources(
+    "training log",
+    Source("rl_addition", "Bundled RL run: addition, GRPO-style", _bundled_log,
+           "data/rl_addition_log.csv, made by scripts/make_rl_log.py."),
+    Source("upload", "Uploaded log(s)", _log_upload,
+           "CSV, JSONL, Parquet or TensorBoard event files; one run per file, or a run column.", kind="upload"),
+)
+
+
+def _digits_data_size(progress, **_):
+    from explorer.data.training_runs import uncertainty_vs_data_size
+    return uncertainty_vs_data_size(progress=progress)
+
+
+DATA_SIZE_SOURCES = Sources(
+    "data-size",
+    Source("digits", "Digits MLP ensembles on 50 to 1,200 digits", _digits_data_size,
+           "Deep ensembles of 5 members of the same MLP trained on nested subsets of the digits (trained on first "
+           "use, cached)."),
+)

@@ -316,6 +316,21 @@ def ensemble_uncertainty(probs: torch.Tensor) -> EnsembleUncertainty:
 
 
 # ------------------------------------------------------------------- representations per checkpoint
+def batched_dse(eigenvalues: torch.Tensor, t: float = 1.0) -> torch.Tensor:
+    """Diffusion spectral entropy in bits of every row of ``[..., m]`` eigenvalues at diffusion time ``t``:
+    ``mu_i = |lambda_i|^t / sum_j |lambda_j|^t`` along the last dimension, ``DSE = -sum_i mu_i log2 mu_i``
+    (Liao et al. 2023; formulas.md section 4). The batched form of
+    :func:`explorer.kernels.diversity.dse_from_eigenvalues`: every checkpoint (or class, or random subset)
+    at once, so a diffusion-time move re-reads cached spectra without a loop. Zero eigenvalues (also zero
+    padding) add nothing (0 log 0 = 0); an all-zero row gives 0."""
+    if not t > 0:
+        raise ValueError(f"the diffusion time t must be > 0, got {t}")
+    powered = eigenvalues.double().abs() ** t
+    total = powered.sum(-1, keepdim=True)
+    mu = torch.where(total > 0, powered / total.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+    return -torch.special.xlogy(mu, mu).sum(-1) / math.log(2)
+
+
 @dataclass(frozen=True)
 class RepresentationEntropy:
     """Measures of one checkpoint's representations ``Z`` of a probe set (bits for DSE / DSMI)."""

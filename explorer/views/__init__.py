@@ -18,6 +18,7 @@ _COMPONENTS = {
     "EvaluationPanel": "explorer.views.run_evaluation",
     "DiversityExplorer": "explorer.views.diversity",
     "ConformalExplorer": "explorer.views.conformal",
+    "TrainingDynamics": "explorer.views.training",
     "JobRunner": "explorer.views.jobs",
 }
 

@@ -32,6 +32,9 @@ PAGES = [
          "Vendi score of any order, its spectrum, diffusion spectral entropy and DSMI."),
     Page("conformal", "Conformal sets", "explorer.views.conformal", "ConformalExplorer",
          "Split-conformal prediction sets with coverage diagnostics."),
+    Page("training", "Training dynamics", "explorer.views.training", "TrainingDynamics",
+         "Entropy and information of representations across training, the entropy law of RL runs, "
+         "uncertainty against data size."),
 ]
 PAGE_BY_KEY = {page.key: page for page in PAGES}
 
