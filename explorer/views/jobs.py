@@ -82,6 +82,7 @@ class JobRunner(pn.viewable.Viewer):
     def __init__(self, **params):
         super().__init__(**params)
         self._jobs: dict[str, Job] = {}
+        self._unended: list[Job] = []   # every job whose thread (callbacks included) has not ended: wait() on them
         self._lock = threading.Lock()
         self._call = loop_caller()
         self._closed = False
@@ -112,6 +113,7 @@ class JobRunner(pn.viewable.Viewer):
         with self._lock:
             previous = self._jobs.get(slot)
             self._jobs[slot] = handle
+            self._unended.append(handle)
         if previous is not None:
             previous.progress.cancel()
         self.clear_error()
@@ -126,6 +128,8 @@ class JobRunner(pn.viewable.Viewer):
             self._attempt(handle, job, on_done, on_error)
         finally:
             handle.ended.set()
+            with self._lock:
+                self._unended.remove(handle)
 
     def _attempt(self, handle: Job, job, on_done, on_error) -> None:
         try:
@@ -179,11 +183,12 @@ class JobRunner(pn.viewable.Viewer):
             return bool(self._jobs) if slot is None else slot in self._jobs
 
     def wait(self, timeout: float = 600) -> None:
-        """Block until every submitted job has finished (for scripts and tests; never on the loop)."""
+        """Block until every submitted job has finished, its ``on_done``/``on_error`` included where they
+        run in the worker (scripts and tests; never on the loop)."""
         deadline = time.monotonic() + timeout
         while True:
             with self._lock:
-                jobs = [j for j in self._jobs.values() if not j.ended.is_set()]
+                jobs = list(self._unended)
             if not jobs:
                 return
             for handle in jobs:
