@@ -20,8 +20,8 @@ import pandas as pd
 import panel as pn
 import param
 from bokeh.models import (
-    ColorBar, ColumnDataSource, CustomJS, DataRange1d, FactorRange, HoverTool, LinearAxis, LinearColorMapper, Range1d,
-    Span,
+    ColorBar, ColumnDataSource, CustomJS, FactorRange, HoverTool, LinearAxis, LinearColorMapper, Range1d,
+    SingleIntervalTicker, Span,
 )
 from bokeh.palettes import Viridis256
 from bokeh.plotting import figure
@@ -394,10 +394,10 @@ LENS_DEBOUNCE_S = 0.25
 QUADRANT_COLOURS = ("#16a34a", AMBER, PURPLE, "#dc2626")   # low/low, high H, high V, both
 BRANCH_SETTINGS = ("branch_position", "branches_k", "branch_tokens", "decoding", "generation_temperature", "seed",
                    *RULE_SETTINGS)
+NOTE_STYLE = "font-size:13px;color:#374151;margin:4px 0;"
+ERROR_STYLE = "background:#fef3c7;border-radius:6px;padding:6px 10px;color:#92400e;"
 DEEPER_CSS = """
 <style>
-.lens-deeper-note{font-size:13px;color:#374151;margin:4px 0}
-.lens-deeper-error{background:#fef3c7;border-radius:6px;padding:6px 10px;color:#92400e}
 .lens-branch{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:13px;line-height:1.8;margin:2px 0;
   white-space:pre-wrap;overflow-wrap:anywhere}
 .lens-branch b{display:inline-block;min-width:78px;font-family:system-ui,sans-serif;font-size:12px;color:#374151}
@@ -540,7 +540,7 @@ class DeeperLens(pn.viewable.Viewer):
 
         self._note(tab, self.analysis.not_computed_message(DEEPER_JOBS[tab]))
         self.jobs.submit(job, DEEPER_LABELS[tab], slot=tab, on_done=lambda _result: self._job_done(tab),
-                         on_error=lambda err: self._note(tab, error_message(err), error=True))
+                         on_error=lambda err: self._fail(tab, err))
 
     def _job_done(self, tab: str) -> None:
         """Show the job's results; if the settings moved on meanwhile, the tab on screen computes again."""
@@ -583,23 +583,33 @@ class DeeperLens(pn.viewable.Viewer):
         except NotComputed:
             return False
         except InputError as err:   # e.g. the run failed: nothing to show
-            self._note(tab, error_message(err), error=True)
+            self._fail(tab, err)
             return True
         return True
 
     def _note(self, tab: str, text: str, error: bool = False) -> None:
-        css = "lens-deeper-note lens-deeper-error" if error else "lens-deeper-note"
-        self._notes[tab].object = f"<div class='{css}'>{text if not error else html.escape(text)}</div>"
+        """The tab's status line (``text`` is HTML; an error is plain text, shown as a warning)."""
+        if error:
+            self._notes[tab].object = (f"<div class='lens-deeper-note lens-deeper-error' style='{NOTE_STYLE}{ERROR_STYLE}'>"
+                                       f"⚠ {html.escape(text)}</div>")
+        else:
+            self._notes[tab].object = f"<div class='lens-deeper-note' style='{NOTE_STYLE}'>{text}</div>"
+
+    def _fail(self, tab: str, err: BaseException) -> None:
+        """A tab's job failed: its old results go (they belong to other settings) and the message stays."""
+        self._clear(tab)
+        self._note(tab, error_message(err), error=True)
 
     def _clear(self, tab: str) -> None:
         """Empty a tab's figures (a new text: the old results no longer apply)."""
         sources = {"lens": (self._lens_source, self._column_source),
                    "branches": (self._alternatives_source, self._branch_source),
-                   "compare": (self._compare_source,)}[tab]
+                   "compare": (self._compare_source,), "reasoning": (self._reasoning_source,)}[tab]
         for source in sources:
             source.data = {column: [] for column in source.data}
         for pane in {"lens": (), "branches": (self._branch_cards, self._branch_texts),
-                     "compare": (self._compare_cards,)}[tab]:
+                     "compare": (self._compare_cards,),
+                     "reasoning": (self._reasoning_cards, self._reasoning_steps)}[tab]:
             pane.object = ""
         self._note(tab, "")
 
@@ -613,7 +623,8 @@ class DeeperLens(pn.viewable.Viewer):
         self._clicks.on_change("data", self._on_click)
         fig = figure(title="Entropy against varentropy", width=RESULTS_WIDTH, height=420,
                      x_axis_label="entropy (bits)", y_axis_label="varentropy (bits²)",
-                     tools="box_select,lasso_select,tap,pan,wheel_zoom,reset,save", name="lens-regions-figure")
+                     tools="box_select,lasso_select,tap,pan,wheel_zoom,reset,save", active_drag="box_select",
+                     name="lens-regions-figure", css_classes=["lens-regions-figure"])
         fig.toolbar.logo = None
         points = fig.scatter("entropy_bits", "varentropy_bits2", source=self._regions_source, size=9,
                              fill_color="colour", line_color="white", fill_alpha=0.85, legend_field="quadrant_name",
@@ -641,9 +652,9 @@ class DeeperLens(pn.viewable.Viewer):
         self._regions_tab = pn.Column(
             pn.Row(pn.widgets.FloatInput.from_param(a.param.quadrant_entropy_bits, width=200),
                    pn.widgets.FloatInput.from_param(a.param.quadrant_varentropy_bits2, width=200),
-                   pn.pane.HTML(f"<div class='lens-deeper-note'>{defaults}</div>", width=300)),
+                   pn.pane.HTML(f"<div style='{NOTE_STYLE}'>{defaults}</div>", width=300)),
             self._notes["regions"], self._regions_counts, pn.pane.Bokeh(fig),
-            pn.pane.HTML("<div class='lens-deeper-note'>Select points (box or lasso) to outline their tokens in the "
+            pn.pane.HTML(f"<div style='{NOTE_STYLE}'>Select points (box or lasso) to outline their tokens in the "
                          "text above; hover a token to ring its point; click a token to pick it for the layer "
                          "column and the branch point.</div>", width=RESULTS_WIDTH),
             width=RESULTS_WIDTH)
@@ -677,7 +688,7 @@ class DeeperLens(pn.viewable.Viewer):
         self._lens_mapper = LinearColorMapper(palette=Viridis256, low=0, high=1)
         fig = figure(title="Logit lens: entropy of every layer's prediction", width=RESULTS_WIDTH, height=380,
                      x_axis_label="position", y_axis_label="layer (0 = embeddings)", tools="tap,pan,wheel_zoom,reset,save",
-                     x_range=Range1d(-0.5, 0.5), y_range=Range1d(-0.5, 0.5), name="lens-layers-figure")
+                     x_range=Range1d(-0.5, 0.5), y_range=Range1d(-0.5, 0.5), name="lens-layers-figure", css_classes=["lens-layers-figure"])
         fig.toolbar.logo = None
         cells = fig.rect("x", "y", 1, 1, source=self._lens_source, fill_color={"field": "value", "transform": self._lens_mapper},
                          line_color=None, selection_line_color="#dc2626", selection_line_width=2,
@@ -697,7 +708,7 @@ class DeeperLens(pn.viewable.Viewer):
                                                                 "top_token", "top_prob")})
         column = figure(title="One position across layers", width=RESULTS_WIDTH, height=250,
                         x_axis_label="layer (0 = embeddings)", y_axis_label="nats", tools="pan,wheel_zoom,reset,save",
-                        name="lens-column-figure")
+                        name="lens-column-figure", css_classes=["lens-column-figure"])
         column.toolbar.logo = None
         entropy = column.line("layer_id", "entropy", source=self._column_source, color=TEAL, line_width=2.5,
                               legend_label="entropy")
@@ -766,23 +777,22 @@ class DeeperLens(pn.viewable.Viewer):
     def _build_branches(self) -> None:
         a = self.analysis
         self._alternatives_source = ColumnDataSource({c: [] for c in ("label", "p", "p_kept", "colour")})
-        alternatives = figure(title="At the branch point", width=300, height=330, y_range=FactorRange(),
-                              x_axis_label="probability", tools="save", name="lens-alternatives-figure")
+        alternatives = figure(title="p at the branch point (dark: after the rule)", width=300, height=330,
+                              y_range=FactorRange(),
+                              x_axis_label="probability", tools="save", name="lens-alternatives-figure", css_classes=["lens-alternatives-figure"])
         alternatives.toolbar.logo = None
         alternatives.hbar(y="label", right="p", height=0.8, source=self._alternatives_source, fill_color="colour",
-                          line_color=None, fill_alpha=0.45, legend_label="full distribution")
+                          line_color=None, fill_alpha=0.45)
         alternatives.hbar(y="label", right="p_kept", height=0.35, source=self._alternatives_source, fill_color=INK,
-                          line_color=None, legend_label="after the rule")
+                          line_color=None)
         alternatives.add_tools(HoverTool(tooltips=[("token", "@label"), ("p", "@p{0.0000}"),
                                                    ("p after the rule", "@p_kept{0.0000}")]))
-        alternatives.legend.location = "bottom_right"
-        alternatives.legend.label_text_font_size = "10px"
         alternatives.x_range.start = 0
         self._alternatives_figure = alternatives
         self._branch_source = ColumnDataSource({c: [] for c in ("xs", "ys", "colour", "width", "label")})
         curves = figure(title="Entropy after the branch point", width=440, height=330, x_axis_label="new token",
                         y_axis_label="entropy at the sampling temperature (nats)", tools="pan,wheel_zoom,reset,save",
-                        name="lens-branches-figure")
+                        name="lens-branches-figure", css_classes=["lens-branches-figure"])
         curves.toolbar.logo = None
         lines = curves.multi_line("xs", "ys", source=self._branch_source, line_color="colour", line_width="width",
                                   line_alpha=0.85)
@@ -848,13 +858,13 @@ class DeeperLens(pn.viewable.Viewer):
                     ("entropy B", "@entropy_b{0.000}"), ("KL(A‖B)", "@kl_ab{0.000}"),
                     ("cross-entropy", "@cross_entropy_ab{0.000}"), ("rolling bits", "@rolling_entropy_bits{0.00}")]
         entropies = figure(title="Entropy under each model (T = 1)", width=RESULTS_WIDTH, height=220,
-                           y_axis_label="nats", tools="pan,wheel_zoom,reset,save", name="lens-compare-entropy")
+                           y_axis_label="nats", tools="pan,wheel_zoom,reset,save", name="lens-compare-entropy", css_classes=["lens-compare-entropy"])
         kl = figure(title="KL(p_A ‖ p_B) and cross-entropy H(p_A, p_B)", width=RESULTS_WIDTH, height=200,
                     y_axis_label="nats", tools="pan,wheel_zoom,reset,save", x_range=entropies.x_range,
-                    name="lens-compare-kl")
+                    name="lens-compare-kl", css_classes=["lens-compare-kl"])
         ead = figure(title="Entropy Adaptive Decoding", width=RESULTS_WIDTH, height=230, x_axis_label="position",
                      y_axis_label="rolling entropy of A (bits)", tools="pan,wheel_zoom,reset,save",
-                     x_range=entropies.x_range, name="lens-compare-ead")
+                     x_range=entropies.x_range, name="lens-compare-ead", css_classes=["lens-compare-ead"])
         for fig in (entropies, kl, ead):
             fig.toolbar.logo = None
         first = entropies.line("position", "entropy_a", source=self._compare_source, color=TEAL, line_width=2,
@@ -876,7 +886,7 @@ class DeeperLens(pn.viewable.Viewer):
             fig.add_tools(HoverTool(renderers=[renderer], mode="vline" if fig is not ead else "mouse",
                                     tooltips=tooltips + [("to model B", "@handed_over")] * (fig is ead)))
         for fig in (entropies, kl):
-            fig.legend.location = "top_left"
+            fig.add_layout(fig.legend[0], "above")
             fig.legend.orientation = "horizontal"
             fig.legend.label_text_font_size = "11px"
         self._ead_figure = ead
@@ -929,24 +939,23 @@ class DeeperLens(pn.viewable.Viewer):
         a = self.analysis
         columns = ("k", "step", "entropy_mean", "entropy_total", "reduction", "colour", "size")
         self._reasoning_source = ColumnDataSource({c: [] for c in columns}, name=f"lens-{self.uid}-reasoning")
+        # total = mean x the answer's tokens (the same tokens for every k): one curve, read on either axis
         fig = figure(title="The answer's entropy after k steps", width=RESULTS_WIDTH, height=300,
-                     x_axis_label="k (steps given)", y_axis_label="mean entropy per answer token (nats)",
-                     tools="pan,wheel_zoom,reset,save", name="lens-reasoning-figure")
+                     x_axis_label="k (steps given)", y_axis_label="mean per answer token (nats)",
+                     tools="pan,wheel_zoom,reset,save", y_range=Range1d(0, 1), name="lens-reasoning-figure",
+                     css_classes=["lens-reasoning-figure"])
         fig.toolbar.logo = None
-        fig.extra_y_ranges = {"total": DataRange1d()}
-        fig.add_layout(LinearAxis(y_range_name="total", axis_label="total over the answer (nats)"), "right")
-        mean = fig.line("k", "entropy_mean", source=self._reasoning_source, color=TEAL, line_width=2.5,
-                        legend_label="mean")
+        fig.extra_y_ranges = {"total": Range1d(0, 1)}
+        self._total_axis = LinearAxis(y_range_name="total", axis_label="total over the answer (nats)")
+        fig.add_layout(self._total_axis, "right")
+        fig.line("k", "entropy_mean", source=self._reasoning_source, color=TEAL, line_width=2.5)
         points = fig.scatter("k", "entropy_mean", source=self._reasoning_source, fill_color="colour", line_color="colour",
                              size="size")
-        total = fig.line("k", "entropy_total", source=self._reasoning_source, color=AMBER, line_dash="dashed",
-                         line_width=2, y_range_name="total", legend_label="total")
-        fig.y_range.renderers, fig.extra_y_ranges["total"].renderers = [mean, points], [total]
         fig.add_tools(HoverTool(renderers=[points], tooltips=[
             ("k", "@k"), ("last step", "@step"), ("mean", "@entropy_mean{0.000} nats"),
             ("total", "@entropy_total{0.000} nats"), ("reduction", "@reduction{+0.000} nats")]))
-        fig.legend.location = "top_right"
-        fig.xaxis.ticker.desired_num_ticks = 12
+        fig.xaxis.ticker = SingleIntervalTicker(interval=1)
+        fig.xgrid.ticker = fig.xaxis.ticker
         self._reasoning_figure = fig
         self._reasoning_cards = pn.pane.HTML("", width=RESULTS_WIDTH, css_classes=["lens-reasoning-cards"])
         self._reasoning_steps = pn.pane.HTML("", width=RESULTS_WIDTH, css_classes=["lens-reasoning-steps"])
@@ -974,7 +983,7 @@ class DeeperLens(pn.viewable.Viewer):
             steps = "\n".join(self.analysis.chain_steps())
         except InputError as err:
             steps = ""
-            self._note("reasoning", error_message(err), error=True)
+            self._fail("reasoning", err)
         self._splitting = True
         try:
             self.analysis.steps = steps
@@ -989,12 +998,18 @@ class DeeperLens(pn.viewable.Viewer):
             "k": frame["k"].to_numpy(), "step": frame["step"].to_numpy(), "entropy_mean": frame["entropy_mean"].to_numpy(),
             "entropy_total": frame["entropy_total"].to_numpy(), "reduction": frame["reduction"].to_numpy(),
             "colour": np.where(marked, RED, TEAL), "size": np.where(marked, 13, 7)}
+        low, high = float(frame["entropy_mean"].min()), float(frame["entropy_mean"].max())
+        pad = max(0.08 * (high - low), 0.02)
+        self._reasoning_figure.y_range.update(start=max(low - pad, 0.0), end=high + pad)
+        n = len(result.answer_tokens)
+        self._reasoning_figure.extra_y_ranges["total"].update(start=max(low - pad, 0.0) * n, end=(high + pad) * n)
+        self._total_axis.axis_label = f"total over the answer's {n} tokens (nats)"
         drops = result.reduction
         best = int(drops.argmax()) if len(drops) else 0
         cards = [("steps", f"{len(result.steps)}", f"answer: {len(result.answer_tokens)} tokens"),
                  ("with no step", f"{float(result.entropy_mean[0]):.3f} nats", "mean entropy per answer token"),
                  ("with every step", f"{float(result.entropy_mean[-1]):.3f} nats", ""),
-                 ("largest drop", f"step {best + 1}", f"{float(drops[best]):+.3f} nats" if len(drops) else "")]
+                 ("largest drop", f"step {best + 1}", f"entropy {-float(drops[best]):+.3f} nats" if len(drops) else "")]
         self._reasoning_cards.object = "".join(card(label, value, note, prefix="lens-reasoning")
                                                for label, value, note in cards)
         rows = []
