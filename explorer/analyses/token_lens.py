@@ -6,6 +6,13 @@ temperatures) caches the :meth:`trace`; everything the page shows derives from i
 a temperature on the grid is a lookup and any other one costs a log-softmax over the cached
 logits, never a model call. The trace depends on the run's settings only (the text when scoring,
 the decoding rule and its settings when generating): changing a display setting never re-runs it.
+
+The lens, deeper (:mod:`explorer.models.lens_tools`), each a heavy result computed by its own job
+and cheap results derived from it: ``logit_lens``/``lens_scored`` (every layer, re-scored at the
+display temperature from the kept per-layer logits when they fit the budget), ``regions`` (entropy x
+varentropy quadrants, cheap), ``branches`` (k continuations from one position, one batched call),
+``comparison``/``handover`` (a second model on the same text; a threshold move is a lookup) and
+``reasoning`` (the answer's entropy after each number of reasoning steps).
 """
 
 from __future__ import annotations
@@ -17,6 +24,12 @@ import torch
 
 from explorer.analyses.base import Analysis, result
 from explorer.kernels.decoding import RULES
+from explorer.kernels.divergence import ENTROPIX_STATES, ENTROPIX_THRESHOLDS, QUADRANTS
+from explorer.kernels.entropy import token_entropy
+from explorer.models.lens_tools import (
+    EAD_THRESHOLD_BITS, KEEP_LOGITS_MB, MAX_BRANCHES, QUADRANT_ENTROPY_BITS, QUADRANT_VARENTROPY_BITS2, Branches, LogitLens,
+    ModelComparison, ReasoningEntropy, compare_models, entropy_regions, split_steps,
+)
 from explorer.models.trace import RANK_BUCKETS, TokenTrace, rank_bucket
 from explorer.progress import Progress
 
@@ -25,6 +38,21 @@ TEMPERATURE_STEP = 0.05
 TEMPERATURE_GRID = tuple(round(TEMPERATURE_STEP * i, 2) for i in range(1, 101))   # the slider's values
 BUCKET_LABELS = ("top 10", "top 100", "top 1000", "beyond")
 RUN_SETTINGS = ("model_name", "mode", "prompt", "chat")
+#: the page keeps every layer's logits up to this size (MB), so that the slider re-scores every layer
+LENS_KEEP_LOGITS_MB = KEEP_LOGITS_MB
+LENS_MEASURES = {"entropy": "entropy", "KL to the final layer": "kl_to_final"}
+#: what a deeper view's page shows while its job runs (``not_computed_message``)
+DEEPER_MESSAGES = {
+    "logit_lens": "Decoding every layer through the output head (logit lens)…",
+    "lens_scored": "Re-scoring every layer at the new temperature…",
+    "branches": "Sampling the branches…",
+    "comparison": "Scoring the text with both models…",
+    "reasoning": "Scoring the answer after each number of steps…",
+}
+REASONING_QUESTION = "A shop sells pencils at 3 for 45 cents. How much do 10 pencils cost?"
+REASONING_CHAIN = ("One pencil costs 45 / 3 = 15 cents.\nTen pencils cost 10 times as much as one.\n"
+                   "10 * 15 = 150 cents.\n150 cents is one dollar and fifty cents.\nSo the answer is $1.50.")
+REASONING_ANSWER = "$1.50"
 
 
 def _rule_settings() -> dict:
@@ -87,6 +115,39 @@ class TokenLensAnalysis(Analysis):
     layer = param.Integer(default=0, bounds=(0, None), doc="Attention layer for the per-position curve.")
     head = param.Integer(default=0, bounds=(0, None), doc="Attention head for the per-position curve.")
 
+    # ------------------------------------------------------------------ the lens, deeper: settings
+    # Positions, k and the second model have no hard bounds: a bad value reaches the job, which says
+    # what is wrong (a branch point past the end, k = 0 or k > 64, a model that cannot be loaded).
+    lens_measure = param.Selector(default="entropy", objects=LENS_MEASURES, label="Layer heatmap",
+                                  doc="Entropy of each layer's distribution, or its KL divergence to the final layer's.")
+    lens_position = param.Integer(default=0, bounds=(0, None), label="Position",
+                                  doc="The position whose column across layers is drawn (click a cell or a token).")
+    quadrant_entropy_bits = param.Number(default=QUADRANT_ENTROPY_BITS, bounds=(0, None), softbounds=(0, 16),
+                                         step=0.1, label="Entropy threshold (bits)",
+                                         doc=f"High entropy: above this (entropix's medium entropy, "
+                                             f"{ENTROPIX_THRESHOLDS['medium_entropy']:g} bits).")
+    quadrant_varentropy_bits2 = param.Number(default=QUADRANT_VARENTROPY_BITS2, bounds=(0, None),
+                                             softbounds=(0, 40), step=0.5, label="Varentropy threshold (bits²)",
+                                             doc=f"High varentropy: above this (entropix's high varentropy, "
+                                                 f"{ENTROPIX_THRESHOLDS['high_varentropy']:g} bits²).")
+    branch_position = param.Integer(default=0, label="Branch at position",
+                                    doc="Continuations start here: the prefix is everything before this token.")
+    branches_k = param.Integer(default=8, label="Branches (k)", doc=f"How many continuations (1 to {MAX_BRANCHES}).")
+    branch_tokens = param.Integer(default=24, label="Tokens per branch", doc="The most new tokens per branch.")
+    second_model = param.String(default="", label="Second model",
+                                doc="Hugging Face id or local directory of a model with the same tokenizer.")
+    ead_threshold_bits = param.Number(default=EAD_THRESHOLD_BITS, bounds=(0, 20), softbounds=(0, 12), step=0.1,
+                                      label="Hand-over threshold (bits)",
+                                      doc="Entropy Adaptive Decoding hands a step to the larger model while the "
+                                          "rolling mean of the small model's entropy is above this.")
+    question = param.String(default=REASONING_QUESTION, doc="The question the reasoning answers.")
+    chain = param.String(default=REASONING_CHAIN, label="Reasoning chain",
+                         doc="The reasoning, ending with the answer: it is cut at the answer's last occurrence.")
+    answer = param.String(default=REASONING_ANSWER, doc="The final answer whose entropy is measured.")
+    split_by = param.Selector(default="lines", objects=["lines", "sentences"], label="Split the chain by")
+    steps = param.String(default="", label="Steps (one per line)",
+                         doc="The steps scored, one per line; empty: the chain split by lines or sentences.")
+
     # ------------------------------------------------------------------ the long part
     def rule_settings(self) -> dict:
         """The chosen decoding rule's settings as keyword arguments."""
@@ -100,6 +161,8 @@ class TokenLensAnalysis(Analysis):
                 tuple(sorted(self.rule_settings().items())))
 
     def not_computed_message(self, name: str) -> str:
+        if name in DEEPER_MESSAGES and (name == "reasoning" or self.is_cached("trace")):
+            return DEEPER_MESSAGES[name]
         return "Press Score text (or Generate) to see this text's measures."
 
     def compute_steps(self):
@@ -211,3 +274,138 @@ class TokenLensAnalysis(Analysis):
     @result("model_name")
     def _token_texts(self) -> dict[int, str]:
         return {}
+
+    # ------------------------------------------------------------------ the lens, deeper
+    # Heavy results (a job each, never a widget callback): logit_lens, lens_scored, branches,
+    # comparison, reasoning. Everything else here is cheap and derived from them.
+    @result("trace", heavy=True)
+    def logit_lens(self, progress: Progress | None = None) -> LogitLens:
+        """Every layer of the text decoded through the final norm and the head, at T = 1; the per-layer
+        logits are kept when they fit :data:`LENS_KEEP_LOGITS_MB` (then the slider re-scores every layer)."""
+        if progress is not None:
+            progress.update(0, 1, "decoding every layer (logit lens)")
+        return self.language_model().logit_lens(self.trace(), temperature=1.0, keep_logits_mb=LENS_KEEP_LOGITS_MB)
+
+    @result("logit_lens", "temperature", heavy=True)
+    def lens_scored(self, progress: Progress | None = None) -> LogitLens:
+        """The logit lens at the display temperature, from the kept per-layer logits; without them (over
+        the memory budget) the lens at T = 1: the slider then applies to the final layer only."""
+        lens, t = self.logit_lens(), round(float(self.temperature), 4)
+        return lens if lens.logits is None or t == lens.temperature else lens.at_temperature(t)
+
+    def lens_follows_temperature(self) -> bool:
+        """Whether the slider re-scores every layer (the per-layer logits fit the budget); needs the lens."""
+        return self.logit_lens().logits is not None
+
+    @result("lens_scored")
+    def lens_frame(self) -> pd.DataFrame:
+        """One row per (layer, position) cell of the lens at the display temperature."""
+        return self.lens_scored().to_frame()
+
+    @result("lens_scored", "lens_position")
+    def lens_column(self) -> pd.DataFrame:
+        """The chosen position across layers (the position clipped to the text)."""
+        lens = self.lens_scored()
+        return lens.column(min(self.lens_position, lens.shape[1] - 1))
+
+    @result("scored", "quadrant_entropy_bits", "quadrant_varentropy_bits2")
+    def regions(self) -> pd.DataFrame:
+        """Every position's entropy (bits) and varentropy (bits²) at the display temperature, its
+        quadrant at the chosen thresholds and entropix's sampler state at entropix's own thresholds."""
+        frame = entropy_regions(self.scored(), self.quadrant_entropy_bits, self.quadrant_varentropy_bits2)
+        frame["quadrant_name"] = [QUADRANTS[q] for q in frame["quadrant"]]
+        frame["entropix_name"] = [ENTROPIX_STATES[s] for s in frame["entropix_state"]]
+        return frame
+
+    @result("regions")
+    def quadrant_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.regions()["quadrant"].to_numpy(), minlength=len(QUADRANTS))
+        return dict(zip(QUADRANTS, counts.tolist()))
+
+    def _branch_key(self) -> tuple:
+        return tuple(sorted(self.rule_settings().items()))
+
+    @result("trace", "branch_position", "branches_k", "branch_tokens", "decoding", "generation_temperature", "seed",
+            heavy=True, key="_branch_key")
+    def branches(self, progress: Progress | None = None) -> Branches:
+        """k continuations from the prefix before ``branch_position``, sampled in one batched call with
+        the page's decoding rule, sampling temperature and seed."""
+        return self.language_model().branch(
+            self.trace(), self.branch_position, k=self.branches_k, max_new_tokens=self.branch_tokens, seed=self.seed,
+            decoding=self.decoding, temperature=self.generation_temperature, progress=progress,
+            **self.rule_settings())
+
+    @result("branches")
+    def branch_curves(self) -> pd.DataFrame:
+        """Long frame (curve, step, token, entropy): the text's own continuation from the branch point
+        (as many tokens as a branch may have) and each branch, entropy of the full distribution at the
+        sampling temperature (nats), so that the curves compare like with like."""
+        result = self.branches()
+        t = result.branches[0].generation_temperature
+        end = result.position + self.branch_tokens
+        original = token_entropy(self.trace().logits[result.position:end], t).cpu().numpy()
+        rows = [("text", i, token, float(h)) for i, (token, h) in enumerate(zip(result.original_tokens, original))]
+        for b, branch in enumerate(result.branches):
+            rows += [(f"branch {b + 1}", i, token, float(h))
+                     for i, (token, h) in enumerate(zip(branch.tokens, branch.full_entropy.cpu().numpy()))]
+        return pd.DataFrame(rows, columns=["curve", "step", "token", "entropy"])
+
+    @result("branches")
+    def branch_alternatives(self) -> pd.DataFrame:
+        """The most likely tokens at the branch point: p under the full distribution at the sampling
+        temperature and under the decoding rule; the text's own token is marked (added when not among them)."""
+        result = self.branches()
+        frame = pd.DataFrame({"token": result.alternative_tokens, "token_id": result.alternative_ids.cpu().tolist(),
+                              "p": result.alternative_probs.cpu().numpy(),
+                              "p_kept": result.alternative_kept_probs.cpu().numpy()})
+        frame["is_text_token"] = frame["token_id"] == result.original_id
+        if not frame["is_text_token"].any():
+            own = pd.DataFrame({"token": [result.original_tokens[0]], "token_id": [result.original_id],
+                                "p": [result.original_prob], "p_kept": [result.original_kept_prob],
+                                "is_text_token": [True]})
+            frame = pd.concat([frame, own], ignore_index=True)
+        return frame
+
+    def comparison_text(self) -> str:
+        """The text both models score: the pasted text, or the generated one (without the prompt)."""
+        trace = self.trace()
+        return self.text if trace.kind == "scored" else trace.text
+
+    @result("trace", "second_model", heavy=True)
+    def comparison(self, progress: Progress | None = None) -> ModelComparison:
+        """The page's model (A) and ``second_model`` (B) on the same text at T = 1."""
+        if progress is not None:
+            progress.update(0, 1, f"loading {self.second_model.strip() or 'the second model'}")
+        return compare_models(self.comparison_text(), self.language_model(), self.second_model.strip())
+
+    @result("comparison", "ead_threshold_bits")
+    def handover(self) -> pd.DataFrame:
+        """The comparison per position, with the steps Entropy Adaptive Decoding hands to model B at
+        ``ead_threshold_bits`` (the kept rolling mean > threshold, as ``adaptive_handover``): a threshold
+        move needs no new pass."""
+        comparison = self.comparison()
+        frame = comparison.to_frame()
+        frame["handed_over"] = (comparison.rolling_entropy_bits > float(self.ead_threshold_bits)).cpu().numpy()
+        return frame
+
+    @result("chain", "split_by", "answer")
+    def chain_steps(self) -> list[str]:
+        """The chain cut at the answer's last occurrence and split by lines or sentences."""
+        return split_steps(self.chain, by=self.split_by, answer=self.answer)
+
+    def reasoning_steps(self) -> list[str]:
+        """The steps scored: the edited ones (one per line) or else the chain split."""
+        edited = [line.strip() for line in self.steps.splitlines() if line.strip()]
+        return edited or self.chain_steps()
+
+    @result("model_name", "question", "chain", "split_by", "answer", "steps", heavy=True)
+    def reasoning(self, progress: Progress | None = None) -> ReasoningEntropy:
+        """The answer's entropy given the question and the first k steps, k = 0..K, in one batched pass."""
+        steps = self.reasoning_steps()
+        if progress is not None:
+            progress.update(0, 1, f"scoring the answer after 0 to {len(steps)} steps")
+        return self.language_model().reasoning_entropy(self.question, steps, self.answer)
+
+    @result("reasoning")
+    def reasoning_frame(self) -> pd.DataFrame:
+        return self.reasoning().to_frame()

@@ -184,7 +184,8 @@ class JobRunner(pn.viewable.Viewer):
             return bool(self._jobs) if slot is None else slot in self._jobs
 
     def wait(self, timeout: float = 600) -> None:
-        """Block until every submitted job has finished (for scripts and tests; never on the loop)."""
+        """Block until every submitted job has finished, its ``on_done``/``on_error`` included where they
+        run in the worker (scripts and tests; never on the loop)."""
         deadline = time.monotonic() + timeout
         while True:
             with self._lock:
