@@ -25,6 +25,7 @@ from explorer.analyses.token_lens import BUCKET_LABELS, RULE_SETTINGS, SMALL_MUL
 from explorer.errors import InputError
 from explorer.kernels.decoding import RULES
 from explorer.views.jobs import JobRunner
+from explorer.views.links import PageLinks
 from explorer.views.shared import AMBER, INK, PURPLE, TEAL, card, download_button, on_open
 
 RESULTS_WIDTH = 740
@@ -75,7 +76,7 @@ class TokenEntropyLens(pn.viewable.Viewer):
     def __init__(self, **params):
         params.setdefault("analysis", TokenLensAnalysis())
         super().__init__(**params)
-        self._fill_from_url()
+        self.links = PageLinks(self, "lens")
         self.jobs = JobRunner()
         self._summary = pn.pane.HTML(self._placeholder_summary(), width=RESULTS_WIDTH, css_classes=["lens-summary"])
         self._tokens = pn.pane.HTML("", width=RESULTS_WIDTH, css_classes=["lens-text-pane"])
@@ -96,25 +97,12 @@ class TokenEntropyLens(pn.viewable.Viewer):
         on_open(self._score_on_open)
 
     def _score_on_open(self) -> None:
-        """The page opens on a scored text (the default one, or one linked from another page)."""
-        if self.analysis.text.strip():
+        """The page opens on a scored text (the default one, or one linked from another page), or on
+        the generation a link asks for."""
+        if self.links.applied.get("mode") == "generate":
+            self._run("generate")
+        elif self.analysis.text.strip():
             self._run("score")
-
-    def _fill_from_url(self) -> None:
-        """``?text=...&prompt=...&temperature=...`` (a link from another page) fill the form."""
-        args = pn.state.session_args or {}
-
-        def arg(name: str) -> str | None:
-            values = args.get(name)
-            return values[0].decode("utf-8", "replace") if values else None
-
-        if arg("text") is not None:
-            self.analysis.param.update(prompt=arg("prompt") or "", text=arg("text"), mode="score")
-        if arg("temperature") is not None:
-            try:
-                self.analysis.temperature = float(arg("temperature"))
-            except (ValueError, TypeError):
-                pass   # a malformed or out-of-range temperature in the URL keeps the default
 
     # ------------------------------------------------------------------ actions (no computation here)
     def _run(self, mode: str) -> None:
