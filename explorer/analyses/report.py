@@ -30,7 +30,7 @@ from bokeh.embed import file_html
 from bokeh.models import ColorBar, ColumnDataSource, Div, FactorRange, HoverTool, LinearColorMapper, Span
 from bokeh.palettes import Viridis256
 from bokeh.plotting import figure
-from bokeh.resources import INLINE
+from bokeh.resources import Resources
 
 from explorer.errors import InputError
 
@@ -40,6 +40,20 @@ SERIES = (TEAL, AMBER, PURPLE, "#be123c", "#1d4ed8", "#4d7c0f", "#a16207", "#0e7
 PACKAGES = ("entropy-explorer", "torch", "transformers", "numpy", "pandas", "scipy", "scikit-learn", "bokeh",
             "holoviews", "panel", "param", "duckdb")
 MAX_TABLE_ROWS = 300
+
+
+class _BokehOnly(Resources):
+    """INLINE resources with BokehJS alone: Bokeh adds the scripts every imported model class asks for
+    (Panel's models add URLs that a file opened offline cannot load); the report's plots need none."""
+
+    def _collect_external_resources(self, resource_attr) -> list[str]:
+        return []
+
+    def clone(self, *, components=None) -> "_BokehOnly":
+        return _BokehOnly(mode="inline", components=list(self.components) if components is None else components)
+
+
+INLINE = _BokehOnly(mode="inline")
 
 
 # ---------------------------------------------------------------------------------------- parts
