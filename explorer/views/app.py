@@ -88,7 +88,7 @@ def build_app(key: str | None = None):
         title=f"Entropy Explorer · {title}",
         sidebar=[navigation(key)],
         header=sharing_header(component),
-        main=[links, component] if links is not None else [component],
+        main=[pn.Column(links, component, sizing_mode="stretch_width") if links is not None else component],
         sidebar_width=230,
         accent="#0f766e",
         header_background="#0f766e",

@@ -58,6 +58,7 @@ INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
 DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,3})?|[+-]?(inf|nan)", re.IGNORECASE)
 KEPT = ("page", "theme")       # query keys of the app, not of a page's settings
 UPLOAD = "upload"
+HEADER_BUTTON_CSS = ".bk-btn {background-color: white; color: #111827; border: 1px solid #d1d5db}"
 
 
 @dataclass(frozen=True)
@@ -467,7 +468,7 @@ class PageLinks(pn.viewable.Viewer):
             return io.BytesIO(text.encode("utf-8"))
         download = pn.widgets.FileDownload(callback=report, filename=f"entropy-explorer-{page}-report.html",
                                            label="Download report", width=150, color="light",
-                                           css_classes=["link-report-button"])
+                                           css_classes=["link-report-button"], stylesheets=[HEADER_BUTTON_CSS])
         return pn.Row(share, download, margin=0)
 
     def __panel__(self):
