@@ -264,6 +264,18 @@ class Analysis(param.Parameterized):
             return False
         return True
 
+    def report_sections(self, **options) -> list:
+        """What a report of this analysis shows, as data: cards, tables, plots, notes
+        (:mod:`explorer.analyses.report`); reads results (cached after :meth:`compute`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no report")
+
+    def report(self, path, title: str | None = None, **options):
+        """Write a self-contained HTML report of this analysis to ``path`` (computes what is missing
+        first); ``options`` go to :meth:`report_sections`. Returns the path."""
+        from explorer.analyses.report import write_report
+
+        return write_report(self, path, title, **options)
+
     def settings(self) -> dict[str, Any]:
         """The plain-valued settings (numbers, strings, booleans, lists of them): what a link or a
         report records."""

@@ -345,3 +345,61 @@ class ConformalAnalysis(Analysis):
         parts = [("summary", summary), ("alpha_curve", self.alpha_curve()), ("per_class", self.class_table()),
                  ("per_size", self.size_table())]
         return "\n".join(f"# {name}\n{table.to_csv(index=False)}" for name, table in parts)
+
+    # ------------------------------------------------------------------------- report
+    report_title = "Conformal sets"
+
+    def report_sections(self, examples: int = 100) -> list:
+        """The page as data for :mod:`explorer.analyses.report`: the data, cards, warnings, coverage over
+        splits and over alpha, set sizes, per-class coverage, C-IP, and the first ``examples`` test rows."""
+        from explorer.analyses import report as r
+
+        s, data = self.summary(), self.data
+        method = next(label for label, key in METHOD_NAMES.items() if key == self.method)
+        threshold = "per class" if self.class_conditional else s["threshold"]
+        cards = [("coverage", f"{s['coverage']:.1%}", f"target ≥ {s['target']:.1%}"),
+                 ("mean set size", s["mean_size"], f"{s['singleton_fraction']:.0%} singletons, "
+                                                   f"{s['empty_fraction']:.0%} empty"),
+                 ("threshold qhat", threshold, f"k = {s['rank_k']} of n = {s['n_calibration']}"),
+                 ("rows", f"{s['n_calibration']} / {s['n_test']}", "calibration / test"),
+                 ("coverage gap", s["coverage_gap"], "mean |cov_c − (1−α)| over classes"),
+                 ("C-IP estimate", s["cip_bits"], f"bits; model entropy {s['mean_entropy_bits']:.2f} bits")]
+        if self.method == "raps":
+            cards.append(("RAPS", f"λ = {s['raps_lambda']:g}", f"k_reg = {s['raps_k_reg']}"))
+        parts = [r.Facts(f"Data: {data.name}", {"description": data.description, "rows": data.num_rows,
+                                                "classes": data.num_classes, "accuracy": f"{data.accuracy:.1%}",
+                                                "score": method, "alpha": self.alpha}),
+                 r.Cards(cards), *[r.Note(text, warning=True) for text in self.warnings()]]
+        density, law, curve = self.coverage_density(), self.coverage_law(), self.alpha_curve()
+        edges = density["edges"]
+        split_marks = [r.Bars((edges[:-1] + edges[1:]) / 2, density["density"], "splits", width=float(edges[1] - edges[0])),
+                       r.Rule(s["target"]), r.Rule(s["upper_bound"], colour=r.AMBER, dash="dotted")]
+        if len(density["grid"]):
+            split_marks.append(r.Line(density["grid"], density["pdf"], f"Beta({law['a']}, {law['b']})", r.INK))
+        sizes, classes = self.size_table(), self.class_table()
+        parts += [r.Heading("Coverage"),
+                  r.Plot(f"Coverage over {self.n_splits} random splits (red: 1 − α, amber: upper bound)",
+                         "test coverage", "density", split_marks),
+                  r.Plot("Empirical coverage vs 1 − α on this split", "1 − alpha", "coverage",
+                         [r.Band(curve["target"], curve["beta_low"], curve["beta_high"], label="Beta 90% band"),
+                          r.Line([0.5, 1.0], [0.5, 1.0], "", r.GREY, 1, "dashed"),
+                          r.Line(curve["target"], curve["coverage"], "empirical (test rows)"),
+                          r.Points([s["target"]], [s["coverage"]], colour=r.RED, size=10)]),
+                  r.Plot("Per-class coverage (red: 1 − α)", "class", "coverage",
+                         [r.Bars([str(c) for c in classes["class"]], classes["coverage"]), r.Rule(1 - self.alpha, "width")]),
+                  r.Heading("Set sizes"),
+                  r.Plot("Mean set size vs alpha", "alpha", "mean set size",
+                         [r.Line(curve["alpha"], curve["mean_size"]),
+                          r.Points([self.alpha], [s["mean_size"]], colour=r.RED, size=10)]),
+                  r.Plot("Set-size histogram (test rows)", "set size", "rows", [r.Bars(sizes["size"], sizes["rows"])]),
+                  r.Plot("Size-stratified coverage (red: 1 − α)", "set size", "coverage",
+                         [r.Bars(sizes["size"], sizes["coverage"].fillna(0), colour=r.AMBER),
+                          r.Rule(1 - self.alpha, "width")]),
+                  r.Heading("Set size and entropy (Conformal Information Pursuit)"),
+                  r.Plot("C-IP estimate of H(Y | X) vs alpha (amber: model entropy)", "alpha", "bits",
+                         [r.Line(curve["alpha"], curve["cip_bits"], "C-IP estimate"),
+                          r.Rule(s["mean_entropy_bits"], "width", r.AMBER),
+                          r.Points([self.alpha], [s["cip_bits"]], colour=r.RED, size=10)]),
+                  r.Table("Per-class coverage", classes.round(4)), r.Table("Per set size", sizes.round(4)),
+                  r.Table(f"First {examples} test rows", self.examples().head(examples).round(4))]
+        return parts

@@ -351,6 +351,71 @@ class DiversityAnalysis(Analysis):
                              "dsmi_bits": [None if dsmi is None else dsmi_from_spectra(dsmi, float(t)) for t in CURVE_T],
                              "depth_dse": [np.array([dse_from_eigenvalues(e, float(t)) for e in depth]) for t in CURVE_T]})
 
+    # ------------------------------------------------------------------------------- report
+    report_title = "Diversity"
+
+    def report_sections(self, other: "DiversityAnalysis | None" = None, max_points: int = 5000) -> list:
+        """The page as data for :mod:`explorer.analyses.report`: score cards (of ``other`` too, studied
+        with these settings), Vendi vs q, the spectrum, DSE vs t, subsamples, groups, depth, the
+        projection (a seeded ``max_points`` of it) and the scores table."""
+        from explorer.analyses import report as r
+
+        sets = [self] if other is None else [self, other]
+        parts = []
+        for tag, a in zip("AB", sets):
+            s, data = a.scores(), a._data()
+            exact = "exact" if s["exact"] else f"approximate ({s['spectrum']}, est. error {s['estimated_error']:.1%})"
+            parts += [r.Facts(f"Data{' ' + tag if other is not None else ''}: {data.name}",
+                              {"rows": data.n, "dimensions": data.dim, "labels": "yes" if data.labels else "no",
+                               "notes": "; ".join(data.notes) or "none"}),
+                      r.Cards([(f"Vendi (q = {_q_text(s['q'])})", s["vendi"], exact),
+                               ("RKE (Vendi q = 2)", s["rke"], f"{s['kernel']} kernel"),
+                               (f"Rényi entropy (α = {_q_text(s['q'])})", s["renyi_bits"], "bits"),
+                               ("Effective rank", s["effective_rank"], "of the kernel features"),
+                               ("DSE", s["dse_bits"], f"bits, t = {s['t']:g}, σ = {s['dse_sigma']:.3g}"),
+                               ("DSMI with groups", s["dsmi_bits"], "bits" if s["dsmi_bits"] is not None else "no labels"),
+                               ("Samples", s["n"], f"{s['dim']} dimensions")])]
+        colours = (r.TEAL, r.AMBER)
+        vendi = [r.Line(a.vendi_curve()["q"], a.vendi_curve()["vendi"], tag, c) for tag, a, c in zip("AB", sets, colours)]
+        spectrum = [r.Line(a.spectrum_frame()["index"], a.spectrum_frame()["eigenvalue"], tag, c)
+                    for tag, a, c in zip("AB", sets, colours)]
+        dse = [r.Line(a.dse_curve()["t"], a.dse_curve()["dse_bits"], tag, c) for tag, a, c in zip("AB", sets, colours)]
+        sub = self.subsample_curve()
+        parts += [r.Heading("Curves"),
+                  r.Plot("Vendi vs order q", "q", "Vendi", vendi + [r.Rule(min(self.q, 20.0), colour=r.INK)], y_log=True),
+                  r.Plot("Eigenvalues of K / n (log-log)", "rank", "λ", spectrum, x_log=True, y_log=True),
+                  r.Plot("DSE (bits) vs diffusion time t", "t", "DSE (bits)", dse + [r.Rule(self.t, colour=r.INK)]),
+                  r.Plot(f"Vendi_q of seeded subsamples of A (± sd; biased low), q = {_q_text(self.q)}", "sample size",
+                         "Vendi", [r.Band(sub["size"], sub["mean"] - sub["sd"], sub["mean"] + sub["sd"]),
+                                   r.Line(sub["size"], sub["mean"]), r.Points(sub["size"], sub["mean"])], x_log=True)]
+        if self._data().labels is not None:
+            groups = self.group_scores()
+            parts.append(r.Plot("Vendi_q within each group of A", "group", "Vendi",
+                                [r.Bars([str(g) for g in groups["group"]], groups["vendi"])]))
+        if self.layers:
+            depth = self.depth_profile()
+            parts.append(r.Plot("Entropy of the representations across depth", "layer", "bits",
+                                [r.Line(depth["layer"], depth["renyi_bits"], "log2 Vendi_q (Rényi entropy)"),
+                                 r.Line(depth["layer"], depth["dse_bits"], "DSE_t", r.AMBER),
+                                 r.Rule(self.layer, colour=r.INK, dash="dotted")]))
+        points = self.projection(max_points)
+        groups = sorted(points["group"].astype(str).unique())
+        colour = {g: r.SERIES[i % len(r.SERIES)] for i, g in enumerate(groups)}
+        shown = "" if len(points) == self._data().n else f" (a seeded {len(points):,} of {self._data().n:,} points)"
+        parts.append(r.Plot(f"PCA of A, coloured by group{shown}", "pc1", "pc2",
+                            [r.Points(points["pc1"], points["pc2"], colour=[colour[str(g)] for g in points["group"]],
+                                      size=5, hover={"group": points["group"].astype(str).tolist(),
+                                                     "text": points["text"].astype(str).str.slice(0, 120).tolist()})],
+                            height=450))
+        table = comparison_frame(self, other) if other is not None else self.scores_frame().T.reset_index().set_axis(
+            ["measure", "value"], axis=1)
+        parts.append(r.Table("Scores", table))
+        return parts
+
+
+def _q_text(q: float) -> str:
+    return "∞" if math.isinf(q) else f"{q:g}"
+
 
 def comparison_frame(first: DiversityAnalysis, second: DiversityAnalysis) -> pd.DataFrame:
     """Scores of two data sets under the same settings, one column each."""

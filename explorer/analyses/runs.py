@@ -492,6 +492,50 @@ class RunResults(Analysis):
         return (inputs, unc.cosine_to_similarity((x @ x.T).clamp(-1, 1), mapping),
                 unc.cosine_to_similarity((y @ y.T).clamp(-1, 1), mapping))
 
+    # ------------------------------------------------------------------ report
+    report_title = "Temperature sensitivity run"
+
+    def report_sections(self, measure: str | None = None) -> list:
+        """The run as data for :mod:`explorer.analyses.report`: its record and settings, one line per
+        question of ``measure`` (default: the first present), the mean curve of every measure, TSU,
+        AUROC / PRR, accuracy and the questions."""
+        from explorer.analyses import report as r
+
+        info, names = self.info, self.measure_names
+        if not names:
+            raise InputError(f"Run {self.run_id} has no measures yet (status: {info['status']}).")
+        measure = measure if measure in names else names[0]
+        settings = info["settings"]
+        parts = [r.Facts(f"Run {self.run_id}", {"database": self.db_path, "model": info["model"], "status": info["status"],
+                                                "created": info.get("created"), "questions": len(self.questions),
+                                                "samples per question": settings.get("n_samples"),
+                                                "temperatures": self.temperatures, "semantic equivalence": self.equivalence,
+                                                "Inv-Entropy perturbations": self.perturbation}),
+                 r.Facts("Settings of the run", {k: v for k, v in settings.items() if not isinstance(v, dict)})]
+        u = self.u_matrix(measure)
+        temps = u.columns.to_numpy(dtype=float)
+        mean = self.mean_curve(measure)
+        lines = [r.Line(temps, row, "", r.GREY, 1.2, alpha=0.55) for row in u.to_numpy(dtype=float)]
+        parts += [r.Heading(MEASURE_LABELS[measure]),
+                  r.Plot(f"{MEASURE_LABELS[measure]}: one line per question, mean ± sd", "temperature", "uncertainty",
+                         [*lines, r.Band(mean["temperature"], mean["mean"] - mean["sd"], mean["mean"] + mean["sd"]),
+                          r.Line(mean["temperature"], mean["mean"], "mean", r.TEAL, 3)]),
+                  r.Table(f"{MEASURE_LABELS[measure]} per question and temperature",
+                          u.set_axis([f"T={t:g}" for t in temps], axis=1).round(4)),
+                  r.Heading("Every measure")]
+        means = pd.concat([self.mean_curve(m).assign(measure=MEASURE_LABELS[m]) for m in names])
+        parts += [r.Table("Mean ± sd over questions", means.pivot(index="measure", columns="temperature",
+                                                                  values="mean").round(4)),
+                  r.Table("TSU (% of questions strictly increasing)", self.tsu_table().round(1))]
+        evaluation = self.evaluation()
+        if len(evaluation):
+            accuracy = ", ".join(f"T={t:g}: {v:.0%}" for t, v in self.accuracy().items())
+            parts.append(r.Table("AUROC / PRR for predicting a wrong answer", evaluation.round(3),
+                                 f"Accuracy of the most probable answer: {accuracy}"))
+        questions = self.questions.assign(answers=self.questions["answers"].map(lambda a: " | ".join(a)))
+        parts.append(r.Table("Questions", questions))
+        return parts
+
 
 class RunComparison(Analysis):
     """Two stored runs side by side (A and B): settings, mean curves per measure, TSU per measure."""

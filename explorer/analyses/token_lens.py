@@ -409,3 +409,49 @@ class TokenLensAnalysis(Analysis):
     @result("reasoning")
     def reasoning_frame(self) -> pd.DataFrame:
         return self.reasoning().to_frame()
+
+    # ------------------------------------------------------------------ report
+    report_title = "Token entropy lens"
+
+    def report_sections(self) -> list:
+        """The page as data for :mod:`explorer.analyses.report`: cards, the coloured text, the curves,
+        entropy at six temperatures, rank buckets, attention entropy, the decoding rule's effect and
+        the token table."""
+        from explorer.analyses import report as r
+
+        trace, s, frame = self.trace(), self.summary(), self.frame()
+        origin = f"generated with {trace.decoding}" if trace.kind == "generated" else "scored (teacher-forced)"
+        parts = [r.Facts("Model and text", {"model": self.model_name, "text": origin, "tokens": len(trace),
+                                            "prompt": self.prompt if self.prompt.strip() else "(none)",
+                                            "chat template": self.chat, "shown at temperature": self.temperature}),
+                 r.Cards([("tokens", s["tokens"], ""), ("mean entropy", s["mean_entropy"], "nats"),
+                          ("log-perplexity", s["log_perplexity"], "nats"), ("perplexity", s["perplexity"], ""),
+                          ("detection statistic D", s["detection_statistic"], "log-ppl − mean entropy"),
+                          ("mean varentropy", s["mean_varentropy"], "")]),
+                 r.Heading(f"The text, coloured by entropy at T = {self.temperature:g}"),
+                 r.TokenText(frame["token"].tolist(), frame["entropy"].tolist(), float(np.log(trace.logits.shape[-1])),
+                             "entropy (nats)")]
+        curves = [r.Line(frame["position"], frame[m], m, c, 1, alpha=0.45) for m, c in
+                  (("entropy", r.TEAL), ("surprisal", r.AMBER), ("varentropy", r.PURPLE))]
+        curves += [r.Line(frame["position"], frame[f"{m}_rolling"], f"{m}, rolling mean ({self.window})", c, 2.5)
+                   for m, c in (("entropy", r.TEAL), ("surprisal", r.AMBER), ("varentropy", r.PURPLE))]
+        sweep = self.entropy_at_temperatures()
+        parts += [r.Heading("Measures along the text"),
+                  r.Plot(f"Per-token measures at T = {self.temperature:g}", "position", "nats", curves),
+                  r.Plot("Entropy at six temperatures", "position", "entropy (nats)",
+                         [r.Line(g["position"], g["entropy"], f"T = {t:g}", r.SERIES[i % len(r.SERIES)], 1.5)
+                          for i, (t, g) in enumerate(sweep.groupby("temperature"))]),
+                  r.Plot("Rank of the actual token (GLTR buckets)", "bucket", "tokens",
+                         [r.Bars(list(BUCKET_LABELS), self.rank_histogram()["tokens"])], width=450)]
+        heads = self.attention_frame()
+        parts.append(r.Plot("Mean attention entropy over the text (nats)", "head", "layer",
+                            [r.Heatmap(heads["head"], heads["layer"], heads["entropy"], "entropy")], height=420))
+        if trace.truncated_entropy is not None:
+            steps = np.arange(len(trace))
+            parts.append(r.Plot(f"Entropy at the sampling temperature: {trace.decoding}", "position", "nats",
+                                [r.Line(steps, trace.full_entropy.cpu().numpy(), "full distribution", r.INK),
+                                 r.Line(steps, trace.truncated_entropy.cpu().numpy(), "after the rule", r.RED,
+                                        dash="dashed")]))
+        columns = ["position", "token", "entropy", "surprisal", "varentropy", "rank", "top_alternatives"]
+        parts.append(r.Table("Tokens", frame[columns].round(4)))
+        return parts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import logging
 from dataclasses import dataclass
 from importlib import import_module
@@ -57,7 +58,7 @@ def build_page(key: str):
     """The component for ``key``; a page that fails to build shows why instead of breaking the app."""
     page = PAGE_BY_KEY.get(key)
     if page is None:
-        return pn.pane.Alert(f"Unknown page {key!r}. Pick one on the left.", alert_type="warning")
+        return pn.pane.Alert(f"Unknown page “{html.escape(key[:40])}”. Pick one on the left.", alert_type="warning")
     try:
         return page.build()
     except Exception as err:  # noqa: BLE001 - one broken page must not take the app down
@@ -66,16 +67,31 @@ def build_page(key: str):
                              alert_type="danger")
 
 
+def sharing_header(component) -> list:
+    """The header's "Share" and "Download report" buttons of a page, and who is signed in (when the
+    server asks for a login)."""
+    links = getattr(component, "links", None)
+    parts = [links.controls()] if links is not None and links.active else []
+    if pn.state.user:
+        parts.append(pn.pane.HTML(f"<span class='login-name' style='color:white;font-size:14px'>Signed in as "
+                                  f"<b>{html.escape(str(pn.state.user))}</b> · <a href='logout' style='color:white'>"
+                                  "Log out</a></span>", margin=(12, 10)))
+    return parts
+
+
 def build_app(key: str | None = None):
     """The served app. ``key`` defaults to the URL's ``?page=`` and then to the first page."""
     if key is None:
-        key = pn.state.session_args.get("page", [PAGES[0].key.encode()])[0].decode() \
+        key = pn.state.session_args.get("page", [PAGES[0].key.encode()])[0].decode("utf-8", "replace") \
             if pn.state.session_args else PAGES[0].key
     title = PAGE_BY_KEY[key].title if key in PAGE_BY_KEY else "Entropy Explorer"
+    component = build_page(key)
+    links = getattr(component, "links", None)
     return pn.template.FastListTemplate(
         title=f"Entropy Explorer · {title}",
         sidebar=[navigation(key)],
-        main=[build_page(key)],
+        header=sharing_header(component),
+        main=[pn.Column(links, component, sizing_mode="stretch_width") if links is not None else component],
         sidebar_width=230,
         accent="#0f766e",
         header_background="#0f766e",

@@ -35,6 +35,7 @@ from explorer.data.classifier_outputs import KINDS
 from explorer.data.sources import CLASSIFIER_SOURCES
 from explorer.errors import InputError
 from explorer.views.jobs import JobRunner
+from explorer.views.links import PageLinks
 from explorer.views.server import adopt_warm_results
 from explorer.views.shared import AMBER, GREY, INK, RED, TEAL, card, download_button, on_open, upload_widget, \
     uploaded, warning_notes
@@ -110,6 +111,7 @@ class ConformalExplorer(pn.viewable.Viewer):
     def __init__(self, **params):
         params.setdefault("analysis", ConformalAnalysis())
         super().__init__(**params)
+        self.links = PageLinks(self, "conformal")
         self.jobs = JobRunner()
         self._loaded_source = None
         self._upload = upload_widget("Outputs file(s)", ".npz,.npy,.csv,.parquet", "cp-upload", multiple=True)

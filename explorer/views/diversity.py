@@ -30,6 +30,7 @@ from explorer.analyses.diversity import CURVE_Q, KERNEL_SETTINGS, DiversityAnaly
 from explorer.data.sources import EMBEDDING_SOURCES
 from explorer.errors import InputError
 from explorer.views.jobs import JobRunner
+from explorer.views.links import PageLinks
 from explorer.views.server import adopt_warm_results
 from explorer.views.shared import (AMBER, PALETTE, TEAL, card, download_button, format_value, on_open, upload_widget,
                                    uploaded)
@@ -172,6 +173,7 @@ class DiversityExplorer(pn.viewable.Viewer):
         given = "analysis" in params
         params.setdefault("analysis", DiversityAnalysis())
         super().__init__(**params)
+        self.links = PageLinks(self, "diversity")
         self.jobs = JobRunner()
         self.other: DiversityAnalysis | None = None
         self._quiet_depth = 0

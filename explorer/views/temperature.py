@@ -30,6 +30,7 @@ from explorer.analyses.uncertainty_measures import MEASURE_LABELS
 from explorer.data.sources import QUESTION_SOURCES
 from explorer.errors import InputError
 from explorer.views.jobs import JobRunner, loop_caller
+from explorer.views.links import PageLinks
 from explorer.views.run_evaluation import EvaluationPanel
 from explorer.views.server import checked_path, current_user, default_store_path
 from explorer.views.shared import ORANGE, TEAL, download_button, upload_widget, uploaded
@@ -98,10 +99,12 @@ class TemperatureSensitivity(pn.viewable.Viewer):
     measure = param.Selector(objects={v: k for k, v in MEASURE_LABELS.items()}, default="se_discrete", label="Measure")
     question_index = param.Integer(default=0, bounds=(0, None), label="Question")
     drill_temperature = param.Selector(objects=[None], default=None, label="Inv-Entropy matrices at T")
+    run_id = param.String(default="", label="Run", doc="The open run (a link opens it).")
 
     def __init__(self, **params):
         params.setdefault("analysis", TemperatureAnalysis(db_path=default_store_path()))
         super().__init__(**params)
+        self.links = PageLinks(self, "temperature")
         self.jobs = JobRunner()
         self._upload = upload_widget("Question file", ".csv,.jsonl,.parquet", "ts-upload")
         self._upload.param.watch(self._on_upload, "value")
@@ -124,6 +127,7 @@ class TemperatureSensitivity(pn.viewable.Viewer):
         self._dashboard = pn.pane.Markdown("", css_classes=["ts-dashboard"], sizing_mode="stretch_width")
         self._call = loop_caller()
         self._all_runs = pd.DataFrame()
+        self.param.watch(self._on_run_id, "run_id")
         self._refresh_runs()
 
     # ------------------------------------------------------------------ actions (no computation here)
@@ -194,16 +198,23 @@ class TemperatureSensitivity(pn.viewable.Viewer):
         results = RunResults(db, run_id)
         self.jobs.submit(results.compute, f"Reading run {run_id}", slot="open", on_done=self._show_run)
 
+    def _on_run_id(self, event) -> None:
+        if event.new and (self.results is None or self.results.run_id != event.new):
+            self._open_run(event.new)
+
     def _show_run(self, results: RunResults) -> None:
         names = results.measure_names
+        question = self.question_index
         self.param.measure.objects = {MEASURE_LABELS[m]: m for m in names or MEASURE_LABELS}
         if names and self.measure not in names:
             self.measure = names[0]
         self._question.options = {f"{i + 1}. {q}": i for i, q in enumerate(results.questions["question"])}
+        self._question.value = question if question < len(results.questions) else 0
         self.param.drill_temperature.objects = results.temperatures
         with param.parameterized.batch_call_watchers(self):
             self.drill_temperature = results.temperatures[0]
             self.results = results
+            self.run_id = results.run_id
         self._export.filename, self._export.disabled = f"run_{results.run_id}.zip", False
         self.evaluation.results = results
         self._compare_options()

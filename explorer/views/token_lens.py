@@ -10,7 +10,6 @@ run); the plots that depend on the text alone are redrawn only when a run ends.
 from __future__ import annotations
 
 import html
-import math
 import time
 import uuid
 
@@ -34,6 +33,7 @@ from explorer.kernels.decoding import RULES
 from explorer.kernels.divergence import ENTROPIX_THRESHOLDS
 from explorer.models.language_model import MAX_SCORED_TOKENS
 from explorer.views.jobs import JobRunner, error_message
+from explorer.views.links import PageLinks
 from explorer.views.server import adopt_warm_results
 from explorer.views.shared import AMBER, GREY, INK, PALETTE, PURPLE, RED, TEAL, card, download_button, on_open
 
@@ -91,10 +91,8 @@ class TokenEntropyLens(pn.viewable.Viewer):
     def __init__(self, **params):
         params.setdefault("analysis", TokenLensAnalysis())
         super().__init__(**params)
-        url_notes = self._fill_from_url()
+        self.links = PageLinks(self, "lens")
         self.jobs = JobRunner()
-        if url_notes:
-            self.jobs.show_error(" ".join(url_notes))
         self._summary = pn.pane.HTML(self._placeholder_summary(), width=RESULTS_WIDTH, css_classes=["lens-summary"])
         self._tokens = pn.pane.HTML("", width=RESULTS_WIDTH, css_classes=["lens-text-pane"])
         self._source = ColumnDataSource({column: [] for column in CURVE_COLUMNS}, name="lens-curves")
@@ -115,33 +113,12 @@ class TokenEntropyLens(pn.viewable.Viewer):
         on_open(self._score_on_open)
 
     def _score_on_open(self) -> None:
-        """The page opens on a scored text (the default one, or one linked from another page)."""
-        if self.analysis.text.strip():
+        """The page opens on a scored text (the default one, or one linked from another page), or on
+        the generation a link asks for."""
+        if self.links.applied.get("mode") == "generate":
+            self._run("generate")
+        elif self.analysis.text.strip():
             self._run("score")
-
-    def _fill_from_url(self) -> list[str]:
-        """``?text=...&prompt=...&temperature=...`` (a link from another page) fill the form; returns
-        what the page must say about values it could not use."""
-        args = pn.state.session_args or {}
-        notes = []
-
-        def arg(name: str) -> str | None:
-            values = args.get(name)
-            return values[0].decode("utf-8", "replace") if values else None
-
-        if arg("text") is not None:
-            self.analysis.param.update(prompt=arg("prompt") or "", text=arg("text"), mode="score")
-        if arg("temperature") is not None:
-            low, high = self.analysis.param.temperature.bounds
-            try:
-                value = float(arg("temperature"))
-                if not math.isfinite(value):
-                    raise ValueError(value)
-                self.analysis.temperature = value
-            except (ValueError, TypeError):
-                notes.append(f"The link's temperature ({arg('temperature')[:40]}) is not a number from {low:g} to "
-                             f"{high:g}: the page shows T = {self.analysis.temperature:g}.")
-        return notes
 
     # ------------------------------------------------------------------ actions (no computation here)
     def _run(self, mode: str) -> None:
