@@ -99,8 +99,11 @@ def app_url():
         yield url
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """Chromium for one test module. Not for the session: Playwright's sync API keeps its asyncio loop
+    "running" in this thread while it is open, so the job runners of later (non-browser) tests would
+    send their callbacks to that loop and never see them run."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: `bash dev.sh test` installs Debian's chromium.")
     with chromium() as browser:
