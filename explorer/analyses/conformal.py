@@ -155,12 +155,14 @@ class ConformalAnalysis(Analysis):
         return self._sizes_at(self.threshold())
 
     def _sizes_at(self, qhat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Set sizes and coverage of the test rows at threshold(s) ``qhat`` (the alpha curve reads a grid)."""
+        """Set sizes and coverage of the test rows at threshold(s) ``qhat`` (the alpha curve reads a grid).
+        One threshold per class when ``qhat`` has one (not ``self.class_conditional``, which a user may
+        flip while a job computes)."""
         _, _, test = self.split()
         ranked_test = self.ranked().scores[test]
         true = self.true_scores()[test]
         method, k = self.method, self.data.num_classes
-        if self.class_conditional:
+        if qhat.dim() > 0:
             labels_in_rank_order = self.ranked().labels[test]
             sizes = cp.admitted(ranked_test, qhat[labels_in_rank_order], method, k).sum(dim=1)
             return sizes, cp.admitted(true, qhat[self.data.labels[test]], method, k)

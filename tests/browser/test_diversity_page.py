@@ -3,6 +3,8 @@ comparison with a bundled set and with a second uploaded file, hidden states per
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from playwright.sync_api import expect
@@ -131,7 +133,7 @@ def test_sets_q_kernel_comparison_and_bad_upload(app_url, page, screenshot, tmp_
     bad = tmp_path / "bad.npy"
     nan_npy(bad)
     page.locator(".dv-upload input[type=file]").set_input_files(str(bad))
-    page.locator(".task-alert", has_text="NaN or inf (first: row 3)").wait_for(timeout=JOB_TIMEOUT_MS)
+    page.locator(".task-alert", has_text=re.compile(r"NaN or inf .*first: row 3\)")).wait_for(timeout=JOB_TIMEOUT_MS)
     expect_card(page, "n", "1797")
     screenshot(page, "diversity_bad_upload")
 
@@ -169,7 +171,7 @@ def test_compare_two_uploaded_files(app_url, page, screenshot, tmp_path):
     bad = tmp_path / "bad_b.npy"
     nan_npy(bad)
     page.locator(".dv-upload-b input[type=file]").set_input_files(str(bad))
-    page.locator(".task-alert", has_text="NaN or inf (first: row 3)").wait_for(timeout=JOB_TIMEOUT_MS)
+    page.locator(".task-alert", has_text=re.compile(r"NaN or inf .*first: row 3\)")).wait_for(timeout=JOB_TIMEOUT_MS)
     expect(page.locator(".dv-cards-b")).to_contain_text("spread.csv")
     assert card(page, "n") == "60"
     assert not page.errors, page.errors
