@@ -137,7 +137,12 @@ def _serve(args) -> int:
 
 
 # ------------------------------------------------------------------------------ explorer report
-REPORT_PAGES = ("lens", "diversity", "conformal")
+REPORT_PAGES = ("lens", "diversity", "conformal", "training")
+NONE = "none"
+#: the lens's deeper results, each added to its report when one of these settings is given
+LENS_DEEPER = {"lens_scored": ("lens_measure", "lens_position"),
+               "branches": ("branch_position", "branches_k", "branch_tokens"), "comparison": ("second_model",),
+               "reasoning": ("question", "chain", "answer", "split_by")}
 
 
 def _analysis_fields(page: str):
@@ -154,6 +159,9 @@ def _analysis_class(page: str):
     if page == "diversity":
         from explorer.analyses.diversity import DiversityAnalysis
         return DiversityAnalysis
+    if page == "training":
+        from explorer.analyses.training import TrainingAnalysis
+        return TrainingAnalysis
     from explorer.analyses.conformal import ConformalAnalysis
     return ConformalAnalysis
 
@@ -174,10 +182,13 @@ def add_report_parser(commands) -> argparse.ArgumentParser:
             sub.add_argument("--" + field.key.replace("_", "-"), dest=f"setting_{field.key}", metavar="VALUE",
                              help=f"{doc} (default: {parameter.default})")
     pages.choices["lens"].add_argument("--text-file", help="score the text of this file (UTF-8)")
+    pages.choices["lens"].epilog = ("A setting of the lens, deeper (" + ", ".join(
+        f"--{name.replace('_', '-')}" for names in LENS_DEEPER.values() for name in names) +
+        ") adds that result: the logit lens, branches, a second model, reasoning steps.")
+    from explorer.data import sources
+
     for page, registry in (("diversity", "EMBEDDING"), ("conformal", "CLASSIFIER")):
         sub = pages.choices[page]
-        from explorer.data import sources
-
         keys = [s.key for s in getattr(sources, f"{registry}_SOURCES") if s.kind != "upload"]
         sub.add_argument("--source", choices=keys, default=keys[0], help="bundled data (default: %(default)s)")
         sub.add_argument("--file", nargs="+" if page == "conformal" else None,
@@ -186,6 +197,14 @@ def add_report_parser(commands) -> argparse.ArgumentParser:
     pages.choices["diversity"].add_argument("--compare-file", help="a second file (B) instead of --compare")
     pages.choices["conformal"].add_argument("--kind", choices=["auto", "probs", "logits"], default="auto",
                                             help="what the file's scores are")
+    training = pages.choices["training"]
+    for flag, registry, what in (("--source", sources.TRAINING_SOURCES, "representations across training"),
+                                 ("--log-source", sources.LOG_SOURCES, "training log (the entropy law)")):
+        keys = [s.key for s in registry if s.kind != "upload"]
+        training.add_argument(flag, choices=[*keys, NONE], default=keys[0],
+                              help=f"bundled {what}, or {NONE} (default: %(default)s)")
+    training.add_argument("--data-size", action="store_true",
+                          help="add uncertainty against data size (bundled ensembles, trained on first use)")
     run = pages.add_parser("run", help="a stored temperature-sensitivity run")
     run.add_argument("run_id")
     run.add_argument("--db", default=None, help="the results database (default: the app's)")
@@ -222,13 +241,19 @@ def _report(args) -> int:
         print(f"wrote {path}")
         return 0
     analysis = _analysis_class(args.page)()
-    analysis.param.update(**_settings_from(args, args.page, analysis))
+    settings = _settings_from(args, args.page, analysis)
+    analysis.param.update(**settings)
     options = {}
     if args.page == "lens":
         if args.text_file:
             analysis.text = Path(args.text_file).read_text(encoding="utf-8")
         if (args.text_file or args.setting_text is not None) and args.setting_mode is None:
             analysis.mode = "score"
+        deeper = [name for name, names in LENS_DEEPER.items() if set(names) & set(settings)]
+        if deeper:
+            analysis.compute()
+            for name in deeper:
+                getattr(analysis, name)()
     elif args.page == "diversity":
         from explorer.analyses.diversity import DiversityAnalysis
         from explorer.data.sources import EMBEDDING_SOURCES
@@ -246,6 +271,8 @@ def _report(args) -> int:
             other = DiversityAnalysis(dataset=load(args.compare, args.compare_file),
                                       **{n: getattr(analysis, n) for n in SHARED_SETTINGS})
             options["other"] = other.compute()
+    elif args.page == "training":
+        _load_training(args, analysis, settings)
     else:
         from explorer.data.sources import CLASSIFIER_SOURCES
 
@@ -254,6 +281,22 @@ def _report(args) -> int:
     path = analysis.report(args.output, **options)
     print(f"wrote {path}")
     return 0
+
+
+def _load_training(args, analysis, settings: dict) -> None:
+    """The bundled sources asked for, then the settings again (loading runs moves the epoch to their last one)."""
+    from explorer.data.sources import DATA_SIZE_SOURCES, LOG_SOURCES, TRAINING_SOURCES
+
+    if args.source == NONE and args.log_source == NONE and not args.data_size:
+        raise InputError("Nothing to report: give --source, --log-source or --data-size.")
+    analysis.param.update(runs={} if args.source == NONE else TRAINING_SOURCES.load(args.source),
+                          logs=[] if args.log_source == NONE else LOG_SOURCES.load(args.log_source),
+                          data_size=DATA_SIZE_SOURCES.load("digits") if args.data_size else None)
+    analysis.param.update(**settings)
+    if "epoch" in settings and analysis.runs and settings["epoch"] not in analysis.epochs():
+        epochs = analysis.epochs()
+        raise InputError(f"--epoch: no checkpoint at epoch {settings['epoch']} (the runs have epochs {epochs[0]} to "
+                         f"{epochs[-1]}).")
 
 
 def _share(args) -> int:

@@ -14,6 +14,7 @@ import types
 from urllib.parse import parse_qsl, urlparse
 
 import numpy as np
+import pandas as pd
 import param
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,9 +24,11 @@ from explorer.analyses.conformal import ConformalAnalysis
 from explorer.analyses.diversity import DiversityAnalysis
 from explorer.analyses.temperature import TemperatureAnalysis
 from explorer.analyses.token_lens import TokenLensAnalysis
+from explorer.analyses.training import TrainingAnalysis
 from explorer.data.classifier_outputs import outputs_from_arrays
 from explorer.data.embeddings import validated
 from explorer.data.shares import ShareStore
+from explorer.data.training_runs import RUNS
 from explorer.data.uploads import Upload
 from explorer.errors import InputError
 from explorer.views.links import (MAX_LINK_CHARS, PAGE_FIELDS, UPLOAD_SLOTS, PageLinks, apply_values, encode_value,
@@ -49,6 +52,24 @@ def _embeddings(name="toy", n=30, seed=0):
     return validated(name, rng.normal(size=(n, 4)), labels=[f"g{i % 3}" for i in range(n)])
 
 
+def _training_page():
+    """The training page over small hand-built runs and a logged run (as tests/test_training_view.py)."""
+    from test_training_analysis import logged_run, representation_run
+
+    from explorer.views.training import TrainingDynamics
+
+    runs = {RUNS[0]: representation_run("t", 1.0), RUNS[1]: representation_run("s", 0.1, seed=1)}
+    page = TrainingDynamics(analysis=TrainingAnalysis(runs=runs, logs=[logged_run()], bootstrap=200, clusters=3))
+    page.jobs.wait()
+    return page
+
+
+@pytest.fixture
+def training_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENTROPY_EXPLORER_CACHE", str(tmp_path / "cache"))    # the page keeps its spectra there
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))                        # and its shares here
+
+
 @pytest.fixture(scope="module")
 def views(tmp_path_factory):
     """One real page component per page, outside a server (links are inactive there)."""
@@ -62,6 +83,9 @@ def views(tmp_path_factory):
              "temperature": TemperatureSensitivity(analysis=TemperatureAnalysis(db_path=str(db))),
              "diversity": DiversityExplorer(analysis=DiversityAnalysis(dataset=_embeddings())),
              "conformal": ConformalExplorer(analysis=ConformalAnalysis(outputs=_outputs(), n_splits=20))}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ENTROPY_EXPLORER_CACHE", str(tmp_path_factory.mktemp("cache")))
+        built["training"] = _training_page()
     for view in built.values():
         view.jobs.wait()
     return built
@@ -101,7 +125,12 @@ def test_the_issue_lists_are_in_the_links():
                        "colour_by", "window"},
               "temperature": {"run_id", "measure", "question_index"},
               "diversity": {"source", "kernel", "sigma", "q", "t", "compare_with"},
-              "conformal": {"source", "method", "alpha", "calibration_fraction", "seed", "class_conditional"}}
+              "conformal": {"source", "method", "alpha", "calibration_fraction", "seed", "class_conditional"},
+              "training": {"source", "log_source", "measure", "sigma", "t", "q", "clusters", "seed", "bootstrap",
+                           "level", "fraction", "epoch"}}
+    wanted["lens"] |= {"lens_measure", "lens_position", "quadrant_entropy_bits", "quadrant_varentropy_bits2",
+                       "branch_position", "branches_k", "branch_tokens", "second_model", "ead_threshold_bits",
+                       "question", "chain", "answer", "split_by"}
     for page, names in wanted.items():
         assert names <= {f.path.rsplit(".", 1)[-1] for f in PAGE_FIELDS[page]}, page
 
@@ -180,6 +209,132 @@ def test_the_temperature_page_link_to_the_lens_is_read_by_the_lens(views):
     values, rejected = read_link(views["lens"], PAGE_FIELDS["lens"], query)
     assert rejected == {}
     assert {f.key: v for f, v in values.items()} == {"prompt": "Why? <b>", "text": "Because & so", "temperature": 1.35}
+
+
+# ------------------------------------------------------------------------------------------- training, lens deeper
+TRAINING_LINK = {"measure": "test_accuracy", "sigma": 0.0, "t": 2.5, "q": math.inf, "clusters": 4, "seed": 3,
+                 "epoch": 1, "bootstrap": 300, "level": 0.9, "fraction": 0.5}
+
+
+def _checkpoints(count=4, n=12, seed=0) -> dict[str, bytes]:
+    gen = np.random.default_rng(seed)
+    files = {}
+    for epoch in range(count):
+        buffer = io.BytesIO()
+        np.save(buffer, gen.normal(size=(n, 3)))
+        files[f"epoch_{epoch}.npy"] = buffer.getvalue()
+    return files
+
+
+def test_a_training_link_gives_a_fresh_page_the_same_view(training_cache):
+    """Non-default settings on the page -> its link -> a fresh page reading it: the same settings, the same numbers."""
+    page = _training_page()
+    page.measure = "test_accuracy"
+    page.analysis.param.update(**{k: v for k, v in TRAINING_LINK.items() if k != "measure"})
+    page.jobs.wait()
+    query = link_query(page, PAGE_FIELDS["training"])
+    assert query == {key: encode_value(value) for key, value in TRAINING_LINK.items()}
+    fresh = _training_page()
+    assert fresh.analysis.epoch == 3 and fresh.analysis.clusters == 3
+    values, rejected = read_link(fresh, PAGE_FIELDS["training"], query)
+    assert rejected == {} and not apply_values(fresh, values)
+    fresh.jobs.wait()
+    assert {"measure": fresh.measure, **{k: getattr(fresh.analysis, k) for k in TRAINING_LINK if k != "measure"}} \
+        == TRAINING_LINK
+    assert fresh._figures["measure"].title.text == "Test accuracy against epoch" and not fresh.jobs.message
+    with page.analysis.reading(), fresh.analysis.reading():
+        for result in ("measures", "spectrum_at_epoch", "law_table", "forecast_summary"):
+            pd.testing.assert_frame_equal(getattr(fresh.analysis, result)(), getattr(page.analysis, result)())
+
+
+def test_a_bad_training_link_is_refused_setting_by_setting(views):
+    raw = {"sigma": "-1", "t": "20", "q": "2.5", "clusters": "1", "epoch": "-3", "bootstrap": "5", "level": "nan",
+           "fraction": "0.33", "measure": SCRIPT, "source": "upload", "log": "upload", "layer": "hidden 1"}
+    values, rejected = read_link(views["training"], PAGE_FIELDS["training"], raw)
+    assert values == {} and set(rejected) == set(raw)
+    assert rejected["layer"] == "not a setting of this page"          # its choices come with the runs: not linked
+    assert rejected["sigma"].startswith("out of range") and rejected["level"] == "not a finite number"
+    assert rejected["fraction"] == rejected["measure"] == "not one of the choices" and "Share" in rejected["log"]
+    message = rejected_message(rejected)
+    assert "sigma (out of range" in message and SCRIPT not in message and "hidden 1" not in message
+
+
+def test_a_linked_epoch_applies_to_the_first_runs_the_page_loads(training_cache):
+    """Loading runs moves the epoch to their last checkpoint: the first runs loaded keep a link's epoch instead."""
+    page = _training_page()
+    page.links.applied = {"epoch": 1}          # what PageLinks records of a link in a served session
+    page.analysis.epoch = 1
+    page._upload.value = _checkpoints()
+    page.jobs.wait()
+    assert page.source == "upload" and page.analysis.epoch == 1 and page._epoch.value == 1 and not page.links.message
+    page._upload.value = _checkpoints(seed=1)  # later runs open at their last checkpoint
+    page.jobs.wait()
+    assert page.analysis.epoch == 3
+    other = _training_page()
+    other.links.applied = {"epoch": 9}
+    other._upload.value = _checkpoints()
+    other.jobs.wait()
+    assert other.analysis.epoch == 3 and "epoch has no checkpoint" in other.links.message
+
+
+def test_a_training_share_restores_the_uploaded_checkpoints_and_log(training_cache):
+    from test_training_analysis import logged_run
+
+    page = _training_page()
+    page._upload.value = _checkpoints()
+    page._log_upload.value = {"mine.csv": logged_run("mine", n=30, a=0.4, b=1.5).frame.to_csv(index=False).encode()}
+    page.jobs.wait()
+    page.analysis.t = 2.0
+    page.jobs.wait()
+    assert page.source == page.log_source == "upload" and [run.name for run in page.analysis.logs] == ["mine"]
+    shared = ShareStore().load(page.links.share())
+    assert set(shared.uploads) == {"source", "log"} and shared.fields["t"] == "2.0"
+    assert "source" not in shared.fields and "log" not in shared.fields
+    fresh = _training_page()
+    values, rejected = read_link(fresh, PAGE_FIELDS["training"], shared.fields, frozenset(shared.uploads))
+    assert not rejected and not apply_values(fresh, values)
+    for key, files in shared.uploads.items():
+        UPLOAD_SLOTS["training"][key].restore(fresh, files)
+    fresh.jobs.wait()
+    assert fresh.source == fresh.log_source == "upload" and fresh.analysis.t == 2.0 and not fresh.jobs.message
+    with page.analysis.reading(), fresh.analysis.reading():
+        pd.testing.assert_frame_equal(fresh.analysis.measures(), page.analysis.measures())
+        pd.testing.assert_frame_equal(fresh.analysis.law_table(), page.analysis.law_table())
+
+
+def test_the_training_page_report_shows_its_measure_and_the_law_fit(views):
+    page = views["training"]
+    page.measure = "test_accuracy"
+    text = page_report(page, "training")
+    with page.analysis.reading():
+        fit = page.analysis.law_table().iloc[0]
+    assert "Training dynamics" in text and "Test accuracy against epoch" in text and "Nothing to report" not in text
+    assert f"interval {fit.ceiling_low:.4g} to {fit.ceiling_high:.4g}" in text and "Forecast per run" in text
+
+
+LENS_LINK = {"lens_measure": "kl_to_final", "lens_position": 5, "quadrant_entropy_bits": 2.5,
+             "quadrant_varentropy_bits2": 7.0, "branch_position": 3, "branches_k": 4, "branch_tokens": 12,
+             "second_model": "HuggingFaceTB/SmolLM2-360M-Instruct", "ead_threshold_bits": 1.5,
+             "question": "Why <b>?", "chain": "First we add.\nThen 40 + 2 = 42.", "answer": "42", "split_by": "sentences"}
+
+
+def test_a_lens_link_carries_the_deeper_settings(views):
+    from explorer.views.token_lens import TokenEntropyLens
+
+    page = TokenEntropyLens(analysis=TokenLensAnalysis(text=""))           # empty text: no model run
+    page.analysis.param.update(**LENS_LINK)
+    query = link_query(page, PAGE_FIELDS["lens"])
+    assert {key: query[key] for key in LENS_LINK} == {key: encode_value(value) for key, value in LENS_LINK.items()}
+    assert "steps" not in query                    # the page fills them from the chain's split
+    fresh = TokenEntropyLens(analysis=TokenLensAnalysis(text=""))
+    values, rejected = read_link(fresh, PAGE_FIELDS["lens"], query)
+    assert rejected == {} and not apply_values(fresh, values)
+    assert {key: getattr(fresh.analysis, key) for key in LENS_LINK} == LENS_LINK
+    assert fresh.analysis.reasoning_steps() == page.analysis.reasoning_steps() == ["First we add.", "Then 40 + 2 ="]
+    bad = {"second_model": "/etc/passwd", "lens_position": "-1", "ead_threshold_bits": "25", "lens_measure": "bogus",
+           "branches_k": "2.5", "split_by": SCRIPT}
+    values, rejected = read_link(fresh, PAGE_FIELDS["lens"], bad)
+    assert values == {} and set(rejected) == set(bad) and rejected["second_model"] == "not a valid name"
 
 
 # ------------------------------------------------------------------------------------------- bad input

@@ -6,6 +6,7 @@ tests/browser/test_sharing.py."""
 
 from __future__ import annotations
 
+import html
 import math
 import re
 
@@ -15,15 +16,21 @@ import pytest
 
 from explorer.analyses.conformal import ConformalAnalysis
 from explorer.analyses.diversity import DiversityAnalysis
+from explorer.analyses.token_lens import TokenLensAnalysis
+from explorer.analyses.training import TrainingAnalysis
 from explorer.analyses.report import Bars, Cards, Facts, Heatmap, Line, Note, Plot, Points, Table, TokenText, render, \
     report_html
 from explorer.cli import main
 from explorer.data.classifier_outputs import outputs_from_arrays
 from explorer.data.embeddings import validated
+from explorer.data.sources import LOG_SOURCES
 from explorer.data.store import ResultsStore
+from explorer.data.training_runs import RUNS, load_digits_runs, uncertainty_vs_data_size
 
 SCRIPT = "<script>alert(1)</script>"
 ROOT = re.compile(r'data-root-id="')
+#: the headings of the lens's deeper results in its report
+DEEPER = ("Layer by layer (logit lens)", "Branches from position", "Two models: A =", "Reasoning steps")
 
 
 def _outputs(names=None):
@@ -131,9 +138,104 @@ def test_explorer_report_run_and_conformal_from_the_command_line(tmp_path, capsy
 def test_explorer_report_lens_scores_the_text(tmp_path):
     out = tmp_path / "lens.html"
     assert main(["report", "lens", "--text", f"Entropy is {SCRIPT} surprise.", "--temperature", "1.5",
-                 "--window", "4", "-o", str(out)]) == 0
+                 "--window", "4", "--branch-position", "2", "--branches-k", "2", "--branch-tokens", "3",
+                 "-o", str(out)]) == 0
     text = out.read_text(encoding="utf-8")
     _offline(text)
     assert "SmolLM2-135M-Instruct" in text and "scored (teacher-forced)" in text and "T = 1.5" in text
     assert "&lt;script&gt;" in text and "<script>alert" not in text
-    assert "Mean attention entropy" in text and "Rank of the actual token" in text and _plots(text) == 4
+    assert "Mean attention entropy" in text and "Rank of the actual token" in text
+    assert _plots(text) == 6 and "Entropy × varentropy at T = 1.5" in text     # 4, the regions' scatter, branches
+    assert [heading for heading in DEEPER if heading in text] == ["Branches from position"]   # the one asked for
+
+
+# ------------------------------------------------------------------------------------------- training, lens deeper
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENTROPY_EXPLORER_CACHE", str(tmp_path / "cache"))   # spectra and small trainings go here
+
+
+def test_a_training_report_of_the_bundled_digits_runs_and_rl_log_has_the_law_fit(tmp_path, cache):
+    from test_training_analysis import SMALL     # the bundled reproduction, trained small
+
+    analysis = TrainingAnalysis(runs=load_digits_runs(SMALL), logs=LOG_SOURCES.load("rl_addition"), bootstrap=100,
+                                clusters=4, t=2.0, fraction=0.5)
+    text = analysis.report(tmp_path / "training.html", measure="test_accuracy").read_text(encoding="utf-8")
+    _offline(text)
+    parts = analysis.report_sections(measure="test_accuracy")
+    # DSE, DSMI x 2, Vendi, test accuracy, the plane, the spectrum; the law, covariance; forecast, its error
+    assert _plots(text) == sum(isinstance(p, Plot) for p in parts) == 11
+    fit = analysis.law_table().iloc[0]
+    assert fit.run == "rl_addition_log" and fit.note == ""
+    for value in (fit.a, fit.b, fit.ceiling, fit.r2):
+        assert f">{value:.4g}<" in text                                   # the cards
+    for low, high in ((fit.a_low, fit.a_high), (fit.b_low, fit.b_high), (fit.ceiling_low, fit.ceiling_high)):
+        assert f"95% interval {low:.4g} to {high:.4g}" in text
+    forecast = analysis.forecast_summary().iloc[0]
+    assert f"Ceiling from the first {forecast.fitted_steps} steps" in text and f">{forecast.ceiling:.4g}<" in text
+    assert "fit on the first 50% of the steps" in text and "Forecast on the held-out steps" in text
+    assert "Test accuracy against epoch" in text and "Diffusion spectrum of hidden 2 at epoch 3 (t = 2" in text
+    assert all(html.escape(line) in text for line in analysis.verdict()) and "Claim 1, DSE rises" in text
+    assert "(rl_addition_log.csv)" in text and "/data/rl_addition_log.csv" not in text   # no server path
+
+
+def test_a_training_report_from_cached_results_shows_what_is_computed(cache):
+    from test_training_analysis import SMALL_SIZES, logged_run, representation_run
+
+    runs = {RUNS[0]: representation_run("t", 1.0), RUNS[1]: representation_run("s", 0.1, seed=1)}
+    analysis = TrainingAnalysis(runs=runs, logs=[logged_run(), logged_run("short", n=3)], bootstrap=100, clusters=3)
+    text = report_html(analysis, compute=False)
+    assert text.count("Not computed yet when this report was made") == 2 and _plots(text) == 1
+    analysis.compute_representations()
+    analysis.law_fits()
+    text = report_html(analysis, compute=False)
+    assert "DSE (bits) against epoch" in text and "Information plane" in text and "Entropy-law fits" in text
+    assert "the entropy law needs at least 4" in text                    # the run it cannot fit, in words
+    assert "forecast from the first steps was not computed yet" in text and "Forecast per run" not in text
+    assert not analysis.computations["forecasts"]
+    analysis.forecasts()
+    analysis.data_size = uncertainty_vs_data_size(SMALL_SIZES)
+    text = report_html(analysis, compute=False)
+    assert "Forecast per run" in text and "Not computed yet" not in text
+    k = analysis.data_size_fits().set_index("uncertainty")["k"]
+    assert f">{k['predictive entropy']:.4g}<" in text and f">{k['mutual information']:.4g}<" in text
+    assert _plots(text) == sum(isinstance(p, Plot) for p in analysis.report_sections())
+    assert "Uncertainty against data size" in report_html(TrainingAnalysis(data_size=analysis.data_size))
+
+
+def test_explorer_report_training_from_the_command_line(tmp_path, capsys):
+    out = tmp_path / "training.html"
+    assert main(["report", "training", "--source", "none", "--bootstrap", "100", "--fraction", "0.5",
+                 "-o", str(out)]) == 0
+    text = out.read_text(encoding="utf-8")
+    _offline(text)
+    assert "rl_addition_log" in text and "fit on the first 50% of the steps" in text and ">bootstrap<" in text
+    assert "Representations across training" not in text and _plots(text) == 4
+    assert main(["report", "training", "--source", "none", "--level", "2", "-o", str(tmp_path / "bad.html")]) == 2
+    assert "--level: out of range" in capsys.readouterr().err and not (tmp_path / "bad.html").exists()
+    assert main(["report", "training", "--source", "none", "--log-source", "none", "-o", str(tmp_path / "x.html")]) == 2
+    assert "Nothing to report" in capsys.readouterr().err
+
+
+@pytest.mark.model
+def test_a_lens_report_shows_the_deeper_results_only_once_computed():
+    analysis = TokenLensAnalysis(mode="score", text=f"The cat sat on the mat {SCRIPT}.", prompt="", chat=False,
+                                 branches_k=2, branch_tokens=3, branch_position=2,
+                                 second_model="SmolLM2-135M-Instruct").compute()
+    text = report_html(analysis, compute=False)
+    assert "Entropy × varentropy at T = 1" in text and "high entropy, high varentropy" in text
+    assert not [heading for heading in DEEPER if heading in text]
+    assert not {"logit_lens", "lens_scored", "branches", "comparison", "reasoning"} & set(analysis.computations)
+    analysis.lens_scored(), analysis.branches(), analysis.comparison(), analysis.reasoning()
+    text = report_html(analysis, compute=False)
+    assert [heading for heading in DEEPER if heading in text] == list(DEEPER)
+    assert _plots(text) == sum(isinstance(p, Plot) for p in analysis.report_sections()) == 4 + 1 + 2 + 1 + 3 + 1
+    assert f">{analysis.branches().branch_point_entropy:.4g}<" in text
+    assert f">{analysis.comparison().detection_a:.4g}<" in text
+    assert f">{float(analysis.reasoning().entropy_mean[0]):.4g}<" in text
+    assert "&lt;script&gt;" in text and "<script>alert" not in text
+    analysis.param.update(temperature=1.5, branches_k=3)       # the lens at T = 1 stays; those branches go
+    text = report_html(analysis, compute=False)
+    assert "Computed at T = 1: the layers were not re-scored" in text and "Branches from position" not in text
+    assert "Two models: A =" in text and "Entropy × varentropy at T = 1.5" in text
+

@@ -416,7 +416,8 @@ class TokenLensAnalysis(Analysis):
     def report_sections(self) -> list:
         """The page as data for :mod:`explorer.analyses.report`: cards, the coloured text, the curves,
         entropy at six temperatures, rank buckets, attention entropy, the decoding rule's effect and
-        the token table."""
+        the token table; then the lens, deeper: the entropy x varentropy regions, and the logit lens,
+        branches, two-model comparison and reasoning steps when they are computed (never run here)."""
         from explorer.analyses import report as r
 
         trace, s, frame = self.trace(), self.summary(), self.frame()
@@ -454,4 +455,130 @@ class TokenLensAnalysis(Analysis):
                                         dash="dashed")]))
         columns = ["position", "token", "entropy", "surprisal", "varentropy", "rank", "top_alternatives"]
         parts.append(r.Table("Tokens", frame[columns].round(4)))
+        return parts + self._deeper_report()
+
+    def _deeper_report(self) -> list:
+        """The lens, deeper: the entropy x varentropy regions (cheap, from the trace), then each deeper result
+        that is already computed for the current settings (a report never runs the model for them)."""
+        parts = self._regions_report()
+        if self.is_cached("lens_scored") or self.is_cached("logit_lens"):
+            parts += self._logit_lens_report()
+        for name, section in (("branches", self._branches_report), ("comparison", self._comparison_report),
+                              ("reasoning", self._reasoning_report)):
+            if self.is_cached(name):
+                parts += section()
         return parts
+
+    def _regions_report(self) -> list:
+        from explorer.analyses import report as r
+
+        frame, counts = self.regions(), self.quadrant_counts()
+        n = max(len(frame), 1)
+        colours = ("#16a34a", r.AMBER, r.PURPLE, r.RED)
+        points = [r.Points(part["entropy_bits"], part["varentropy_bits2"], QUADRANTS[q], colours[q], size=8,
+                           hover={"position": part["position"].tolist(), "token": part["token"].tolist(),
+                                  "entropix": part["entropix_name"].tolist()})
+                  for q, part in frame.groupby("quadrant")]
+        return [r.Heading(f"Entropy × varentropy at T = {self.temperature:g}"),
+                r.Note(f"High means above the threshold: entropy {self.quadrant_entropy_bits:g} bits, varentropy "
+                       f"{self.quadrant_varentropy_bits2:g} bits² (entropix's defaults: "
+                       f"{ENTROPIX_THRESHOLDS['medium_entropy']:g} bits, {ENTROPIX_THRESHOLDS['high_varentropy']:g} "
+                       "bits²)."),
+                r.Cards([(name, count, f"{100 * count / n:.0f}% of the positions") for name, count in counts.items()]),
+                r.Plot("Entropy against varentropy", "entropy (bits)", "varentropy (bits²)",
+                       points + [r.Rule(self.quadrant_entropy_bits, colour=r.INK),
+                                 r.Rule(self.quadrant_varentropy_bits2, "width", r.INK)], height=420)]
+
+    def _logit_lens_report(self) -> list:
+        from explorer.analyses import report as r
+
+        # the lens at the display temperature, else the one computed at T = 1 (the slider moved since)
+        lens = self.lens_scored() if self.is_cached("lens_scored") else self.logit_lens()
+        frame, label = lens.to_frame(), next(k for k, v in LENS_MEASURES.items() if v == self.lens_measure)
+        position = min(self.lens_position, lens.shape[1] - 1)
+        column = lens.column(position)
+        stale = [] if lens.temperature == round(float(self.temperature), 4) else [r.Note(
+            f"Computed at T = {lens.temperature:g}: the layers were not re-scored at the display temperature "
+            f"{self.temperature:g}.", warning=True)]
+        return [r.Heading(f"Layer by layer (logit lens) at T = {lens.temperature:g}"), *stale,
+                r.Plot(f"Logit lens: {label} of every layer's prediction (nats)", "position", "layer (0 = embeddings)",
+                       [r.Heatmap(frame["position"], frame["layer_id"], frame[self.lens_measure], "nats")], height=460),
+                r.Plot(f"Position {position} ({lens.tokens[position]!r}) across layers", "layer (0 = embeddings)",
+                       "nats", [r.Line(lens.layer_ids, column["entropy"], "entropy"),
+                                r.Line(lens.layer_ids, column["kl_to_final"], "KL to the final layer", r.AMBER)]),
+                r.Table(f"Position {position} across layers", column.round(4))]
+
+    def _branches_report(self) -> list:
+        from explorer.analyses import report as r
+
+        result, curves, alternatives = self.branches(), self.branch_curves(), self.branch_alternatives()
+        t, position = result.branches[0].generation_temperature, result.position
+        names = ["text", *(f"branch {b + 1}" for b in range(len(result.branches)))]
+        groups = [curves[curves["curve"] == name] for name in names]
+        lines = [r.Line(group["step"], group["entropy"], name, r.INK if name == "text" else r.SERIES[i % len(r.SERIES)],
+                        3.5 if name == "text" else 1.5) for i, (name, group) in enumerate(zip(names, groups))]
+        continuations = pd.DataFrame({"curve": names, "text": ["".join(g["token"]) for g in groups],
+                                      "mean entropy (nats)": [g["entropy"].mean() for g in groups]})
+        return [r.Heading(f"Branches from position {position}"),
+                r.Note(f"{len(result.branches)} continuations of the prefix before position {position}, sampled in one "
+                       f"batched call with {result.decoding} at T = {t:g}, seed {result.seed}."),
+                r.Cards([("branch point", f"#{position} {self.trace().tokens[position]!r}", "the text's token here"),
+                         ("entropy there", result.branch_point_entropy, f"nats at T = {t:g}"),
+                         ("p(text's token)", result.original_prob, f"{result.original_kept_prob:.3f} after the rule"),
+                         ("mass of the alternatives", 1 - result.original_prob, "1 − p(text's token)")]),
+                r.Plot("Entropy after the branch point", "new token", "entropy at the sampling temperature (nats)",
+                       lines),
+                r.Table("The most likely tokens at the branch point", alternatives.drop(columns=["token_id"]).round(4)),
+                r.Table("Continuations", continuations.round(4))]
+
+    def _comparison_report(self) -> list:
+        from explorer.analyses import report as r
+
+        comparison, frame = self.comparison(), self.handover()
+        handed = frame["handed_over"].to_numpy()
+        share = float(handed.mean()) if len(frame) else 0.0
+        x = frame["position"]
+        return [r.Heading(f"Two models: A = {comparison.model_a}, B = {comparison.model_b}"),
+                r.Note(f"Both score the same {len(frame)} tokens (the text alone, without the prompt) at T = 1. Entropy "
+                       "Adaptive Decoding hands a step to B while the rolling mean of A's entropy over "
+                       f"{comparison.window} tokens, in bits, is above {self.ead_threshold_bits:g} bits."),
+                r.Cards([("D under A", comparison.detection_a, comparison.model_a),
+                         ("D under B", comparison.detection_b, comparison.model_b),
+                         ("mean KL(A ‖ B)", frame["kl_ab"].mean(), "nats"),
+                         ("mean cross-entropy", frame["cross_entropy_ab"].mean(), "nats, H(p_A, p_B)"),
+                         ("handed to B", f"{100 * share:.0f}% of steps",
+                          f"{int(handed.sum())} of {len(frame)} at {self.ead_threshold_bits:g} bits")]),
+                r.Plot("Entropy under each model (T = 1)", "position", "nats",
+                       [r.Line(x, frame["entropy_a"], "A", r.TEAL), r.Line(x, frame["entropy_b"], "B", r.PURPLE),
+                        r.Line(x, frame["entropy_difference"], "A − B", r.GREY, dash="dashed")]),
+                r.Plot("KL(p_A ‖ p_B) and cross-entropy H(p_A, p_B)", "position", "nats",
+                       [r.Line(x, frame["kl_ab"], "KL(A ‖ B)", r.RED),
+                        r.Line(x, frame["cross_entropy_ab"], "cross-entropy", r.AMBER)]),
+                r.Plot(f"Entropy Adaptive Decoding: {100 * share:.0f}% of the steps go to B (red)", "position",
+                       "rolling entropy of A (bits)",
+                       [r.Line(x, frame["rolling_entropy_bits"], colour=r.INK, width=1.5),
+                        r.Points(x, frame["rolling_entropy_bits"], colour=[r.RED if h else r.GREY for h in handed],
+                                 hover={"token": frame["token"].tolist()}),
+                        r.Rule(self.ead_threshold_bits, "width", r.RED)])]
+
+    def _reasoning_report(self) -> list:
+        from explorer.analyses import report as r
+
+        result, frame = self.reasoning(), self.reasoning_frame()
+        drops = result.reduction
+        best = int(drops.argmax()) if len(drops) else 0
+        marked = frame["marked"].to_numpy()
+        return [r.Heading("Reasoning steps"),
+                r.Facts("Question and answer", {"question": result.question, "answer": result.answer,
+                                                "answer tokens": len(result.answer_tokens)}),
+                r.Cards([("steps", len(result.steps), ""),
+                         ("with no step", float(result.entropy_mean[0]), "nats, mean per answer token"),
+                         ("with every step", float(result.entropy_mean[-1]), "nats"),
+                         ("largest drop", f"step {best + 1}",
+                          f"entropy {-float(drops[best]):+.3f} nats" if len(drops) else "")]),
+                r.Plot("The answer's entropy after k steps (red: the steps that reduce it most)", "k (steps given)",
+                       "mean per answer token (nats)",
+                       [r.Line(frame["k"], frame["entropy_mean"]),
+                        r.Points(frame["k"], frame["entropy_mean"], colour=[r.RED if m else r.TEAL for m in marked],
+                                 size=9, hover={"step": frame["step"].tolist()})]),
+                r.Table("The answer's entropy after each step", frame.round(4))]

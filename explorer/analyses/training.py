@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -540,6 +541,194 @@ class TrainingAnalysis(Analysis):
                               "k_high": fit.k_interval[1], "level": fit.level, "r2": fit.r2}
                              for name, fit in (("predictive entropy", found.predictive_fit),
                                                ("mutual information", found.mutual_information_fit))])
+
+
+    # ------------------------------------------------------------------------- report
+    report_title = "Training dynamics"
+
+    def report_sections(self, measure: str | None = None) -> list:
+        """The page as data for :mod:`explorer.analyses.report`, one part per loaded input: the representations'
+        DSE, DSMI and Vendi against epoch per run (and ``measure``, the page's choice, when it is another
+        column), the verdict, the information plane and the spectrum at the chosen epoch; the entropy law of
+        the logged runs with its parameters and intervals, entropy change against the covariance term and,
+        once computed, the forecast from the first steps; uncertainty against data size. A part whose long
+        results are not computed (or cannot be) says so and the others are shown."""
+        from explorer.analyses import report as r
+
+        parts = []
+        for title, loaded, sections in (
+                ("Representations across training", bool(self.runs), lambda: self._representation_report(measure)),
+                ("Logged runs: the entropy law", bool(self.logs), self._law_report),
+                ("Uncertainty against data size", self.data_size is not None, self._data_size_report)):
+            if not loaded:
+                continue
+            parts.append(r.Heading(title))
+            try:
+                parts += sections()
+            except NotComputed as err:
+                parts.append(r.Note(f"Not computed yet when this report was made ({err})", warning=True))
+            except InputError as err:
+                parts.append(r.Note(str(err), warning=True))
+        if not parts:
+            raise InputError("No runs, logs or data-size ensembles loaded.")
+        return parts
+
+    def _representation_report(self, measure: str | None) -> list:
+        from explorer.analyses import report as r
+
+        table, names = self.measures(), self.measure_names()
+        colours = {name: r.SERIES[i % len(r.SERIES)] for i, name in enumerate(self.runs)}
+        epochs = self.epochs()
+        parts = [r.Facts("Runs and settings", {
+            "runs": ", ".join(self.runs), "layer": self.layer,
+            "checkpoints": f"{len(epochs)} epochs, {epochs[0]} to {epochs[-1]}",
+            "probe rows": ", ".join(str(run.layers[self.layer].shape[1]) for run in self.runs.values()),
+            "DSE sigma": "median pairwise distance per checkpoint" if not self.sigma else self.sigma,
+            "diffusion time t": self.t, "Vendi order q (cosine kernel)": self.q,
+            "input clusters (DSMI with X)": self.clusters})]
+        cards = []
+        for run, part in table.groupby("run", sort=False):
+            first, last = part.sort_values("epoch").iloc[[0, -1]].itertuples()
+            cards.append((f"DSE, {run}", last.dse, f"bits at epoch {last.epoch}; {first.dse:.3g} at epoch {first.epoch}"))
+            if not math.isnan(last.dsmi_labels):
+                cards.append((f"DSMI with labels, {run}", last.dsmi_labels,
+                              f"bits at epoch {last.epoch}; {first.dsmi_labels:.3g} at epoch {first.epoch}"))
+            if "test_accuracy" in names and not math.isnan(last.test_accuracy):
+                cards.append((f"Test accuracy, {run}", last.test_accuracy, f"at epoch {last.epoch}"))
+        parts += [r.Cards(cards), *(r.Note(line) for line in self.verdict())]
+        shown = [column for column in ("dse", "dsmi_labels", "dsmi_inputs", "vendi") if column in names]
+        shown += [measure] if measure in names and measure not in shown else []
+        for column in shown:
+            label = MEASURES.get(column, column) + (f", q = {self.q:g}" if column == "vendi" else "")
+            lines = [r.Line(part["epoch"], part[column], run, colours[run])
+                     for run, part in table.dropna(subset=[column]).groupby("run", sort=False)]
+            parts.append(r.Plot(f"{label} against epoch", "epoch", label,
+                                lines + [r.Rule(self.epoch, colour=r.INK, dash="dotted")], height=260))
+        plane = self.information_plane().dropna()
+        if len(plane):
+            marks = [mark for run, part in plane.groupby("run", sort=False) for mark in (
+                r.Line(part["dsmi_inputs"], part["dsmi_labels"], run, colours[run], 1.5, alpha=0.6),
+                r.Points(part["dsmi_inputs"], part["dsmi_labels"], colour=colours[run],
+                         hover={"epoch": part["epoch"].tolist()}))]
+            parts.append(r.Plot("Information plane (hover: epoch)", "DSMI(Z; X) with input clusters (bits)",
+                                "DSMI(Z; Y) with the labels (bits)", marks, height=380))
+        try:
+            spectrum = self.spectrum_at_epoch()
+        except InputError as err:   # no checkpoint at the chosen epoch
+            parts.append(r.Note(str(err), warning=True))
+        else:
+            spectrum = spectrum[spectrum["mu"] > 1e-15]   # below that, round-off of a rank-deficient spectrum
+            parts.append(r.Plot(f"Diffusion spectrum of {self.layer} at epoch {self.epoch} (t = {self.t:g}; DSE is "
+                                "its entropy)", "rank", "μ_i = |λ_i|^t / Σ|λ_j|^t",
+                                [r.Line(part["rank"], part["mu"], run, colours[run])
+                                 for run, part in spectrum.groupby("run", sort=False)], x_log=True, y_log=True))
+        parts.append(r.Table("Measures per run and epoch", table.drop(columns=["layer"]).round(5)))
+        return parts
+
+    def _law_report(self) -> list:
+        from explorer.analyses import report as r
+
+        fits = self.law_table()
+        colours = {run.name: r.SERIES[i % len(r.SERIES)] for i, run in enumerate(self.logs)}
+        parts = [r.Facts("Logged runs", {run.name: f"{run.steps:,} steps ({Path(run.source).name})"
+                                         for run in self.logs})]
+        cards, notes = [], []
+        for row in fits.itertuples():
+            if row.note:
+                notes.append(r.Note(row.note, warning=True))
+                continue
+            cards += [(f"Ceiling b − a, {row.run}", row.ceiling,
+                       f"{row.level:.0%} interval {row.ceiling_low:.4g} to {row.ceiling_high:.4g}"),
+                      (f"a, {row.run}", row.a, f"{row.level:.0%} interval {row.a_low:.4g} to {row.a_high:.4g}"),
+                      (f"b, {row.run}", row.b, f"{row.level:.0%} interval {row.b_low:.4g} to {row.b_high:.4g}"),
+                      (f"R², {row.run}", row.r2, f"{row.steps} steps, reward {row.reward_first:.3g} → "
+                                                 f"{row.reward_last:.3g}")]
+        parts += [r.Cards(cards), *notes,
+                  r.Note(f"Intervals: percentile bootstrap over steps ({self.bootstrap} resamples); consecutive steps "
+                         "of a run are correlated, so they are on the narrow side.")]
+        points, curves = self.log_points(), self.law_curves()
+        marks = []
+        for run in self.logs:
+            colour, logged, curve = colours[run.name], points[points["run"] == run.name], \
+                curves[curves["run"] == run.name]
+            marks.append(r.Points(logged["entropy"], logged["reward"], colour=colour, size=3, alpha=0.35,
+                                  hover={"step": logged["step"].tolist()}))
+            if len(curve):
+                fit = fits[fits["run"] == run.name].iloc[0]
+                marks += [r.Band(curve["entropy"], curve["low"], curve["high"], colour),
+                          r.Line(curve["entropy"], curve["reward"], run.name, colour, 2.5),
+                          r.Points([0.0], [fit["ceiling"]], colour=colour, size=11, alpha=1.0,
+                                   hover={"ceiling": [f"{fit['ceiling']:.4g} ({fit['ceiling_low']:.4g} to "
+                                                      f"{fit['ceiling_high']:.4g})"]})]
+        parts += [r.Plot("Reward against entropy, R = −a exp(H) + b (band: the bootstrap interval; at H = 0: the "
+                         "ceiling)", "policy entropy H (nats)", "reward", marks, height=360),
+                  r.Table("Entropy-law fits", fits.round(5))]
+        covariance = self.covariance_table()
+        if len(covariance):
+            marks, pearson = [], []
+            for run, part in covariance.groupby("run", sort=False):
+                x = np.array([part["covariance"].min(), part["covariance"].max()])
+                marks += [r.Points(part["covariance"], part["entropy_change"], colour=colours[run], size=3, alpha=0.4),
+                          r.Line(x, part["slope"].iloc[0] * x, run, colours[run], dash="dashed")]
+                pearson.append(f"{part['correlation'].iloc[0]:.2f}")
+            parts.append(r.Plot(f"Entropy change per step against the covariance (Pearson r = {', '.join(pearson)})",
+                                "Cov(log π(a), A(a)) on the step's batch", "H(step + 1) − H(step) (nats)",
+                                marks + [r.Rule(0.0, "width", r.GREY, "solid")]))
+        try:
+            parts += self._forecast_report(colours)
+        except NotComputed:
+            parts.append(r.Note("The forecast from the first steps was not computed yet when this report was made.",
+                                warning=True))
+        return parts
+
+    def _forecast_report(self, colours: dict[str, str]) -> list:
+        from explorer.analyses import report as r
+
+        summary, table, points = self.forecast_summary(), self.forecast_table(), self.log_points()
+        cards, notes, marks, errors = [], [], [], []
+        for row in summary.itertuples():
+            if row.note:
+                notes.append(r.Note(row.note, warning=True))
+                continue
+            cards += [(f"Ceiling from the first {row.fitted_steps} steps, {row.run}", row.ceiling,
+                       f"interval {row.ceiling_low:.4g} to {row.ceiling_high:.4g}"),
+                      (f"Mean |error| on the other {row.held_out_steps}, {row.run}", row.mean_absolute_error,
+                       "reward units")]
+            colour, held = colours[row.run], table[table["run"] == row.run]
+            logged = points[points["run"] == row.run]
+            marks += [r.Points(logged["step"], logged["reward"], colour=colour, size=2, alpha=0.3),
+                      r.Band(held["step"], held["low"], held["high"], colour, alpha=0.25),
+                      r.Line(held["step"], held["predicted"], row.run, colour)]
+            marks += [r.Rule(row.split_step, colour=r.INK)] if math.isfinite(row.split_step) else []
+            errors.append(r.Points(held["step"], held["error"], row.run, colour, size=2, alpha=0.5))
+        parts = [r.Heading(f"Forecast: fit on the first {self.fraction:.0%} of the steps, predict the rest"),
+                 r.Cards(cards), *notes]
+        if marks:
+            parts += [r.Plot(f"Fit on the first {self.fraction:.0%} of steps, predict the rest (dashed: where the "
+                             "forecast starts)", "step", "reward", marks),
+                      r.Plot("Prediction error on the held-out steps", "step", "predicted − observed reward",
+                             errors + [r.Rule(0.0, "width", r.INK, "solid")])]
+        return parts + [r.Table("Forecast per run", summary.round(5)),
+                        r.Table("Forecast on the held-out steps", table.round(5))]
+
+    def _data_size_report(self) -> list:
+        from explorer.analyses import report as r
+
+        table, fits = self.data_size_table(), self.data_size_fits()
+        cards = [(f"Exponent k, {row.uncertainty}", row.k,
+                  f"{row.level:.0%} interval {row.k_low:.4g} to {row.k_high:.4g}; R² {row.r2:.2f}")
+                 for row in fits.itertuples()]
+        marks = [mark for column, colour, label in (("predictive", r.TEAL, "predictive entropy"),
+                                                    ("mutual_information", r.AMBER, "mutual information (epistemic)"))
+                 for mark in (r.Points(table["n"], table[column], label, colour, size=9),
+                              r.Line(table["n"], table[f"{column}_fit"], colour=colour, dash="dashed"))]
+        return [r.Note("Deep ensembles trained on nested subsets of the training digits; on the held-out digits, the "
+                       "ensemble's predictive entropy H[mean p] and its mutual-information (epistemic) part, with "
+                       "power laws y = c n^-k fitted on log-log axes."),
+                r.Cards(cards),
+                r.Plot("Uncertainty against training-set size (log-log)", "training digits n",
+                       "mean over the probe digits (nats)", marks, x_log=True, y_log=True),
+                r.Table("Power laws", fits.round(5)), r.Table("Per training-set size", table.round(5))]
 
 
 def _claim_lines(claims) -> list[str]:

@@ -86,7 +86,13 @@ PAGE_FIELDS: dict[str, tuple[Field, ...]] = {
         "analysis.chat", "analysis.decoding", "analysis.generation_temperature", "analysis.top_k",
         "analysis.top_p", "analysis.min_p", "analysis.typical_p", "analysis.epsilon", "analysis.alpha",
         "analysis.top_n", "analysis.tau", "analysis.eta", "analysis.max_new_tokens", "analysis.seed",
-        "analysis.temperature", "analysis.colour_by", "analysis.window", "analysis.layer", "analysis.head"),
+        "analysis.temperature", "analysis.colour_by", "analysis.window", "analysis.layer", "analysis.head",
+        # the lens, deeper (a tab computes its result when shown; the steps are left out: the page fills
+        # them from the chain's split, so every link would carry them)
+        "analysis.lens_measure", "analysis.lens_position", "analysis.quadrant_entropy_bits",
+        "analysis.quadrant_varentropy_bits2", "analysis.branch_position", "analysis.branches_k", "analysis.branch_tokens",
+        Field("second_model", "analysis.second_model", NAME), "analysis.ead_threshold_bits", "analysis.question",
+        "analysis.chain", "analysis.answer", "analysis.split_by"),
     "temperature": _fields(Field("run", "run_id", RUN_ID, replay=True), "measure",
                            Field("question", "question_index")),
     "diversity": _fields(Field("source", "source", uploads=True), Field("compare", "compare_with", replay=True,
@@ -97,6 +103,12 @@ PAGE_FIELDS: dict[str, tuple[Field, ...]] = {
                          "analysis.randomised", "analysis.alpha", Field("calibration", "analysis.calibration_fraction"),
                          "analysis.seed", "analysis.class_conditional", "analysis.raps_tuning", "analysis.raps_lambda",
                          "analysis.raps_k_reg", Field("splits", "analysis.n_splits"), "example_filter"),
+    # The layer is not in a link: its choices are the loaded runs' layers, filled when they load, so
+    # parse_value would refuse every layer before (a link is read before the page loads its data).
+    # The epoch is a plain number: the page applies a link's epoch to the first runs it loads.
+    "training": _fields(Field("source", "source", uploads=True), Field("log", "log_source", uploads=True),
+                        "measure", "analysis.sigma", "analysis.t", "analysis.q", "analysis.clusters", "analysis.seed",
+                        "analysis.epoch", "analysis.bootstrap", "analysis.level", "analysis.fraction"),
 }
 
 
@@ -286,6 +298,9 @@ UPLOAD_SLOTS: dict[str, dict[str, UploadSlot]] = {
                                        _drop("_upload", lambda v: v._load_current(UPLOAD)))},
     "temperature": {"questions": UploadSlot(
         lambda v: [v.analysis.questions_upload] if v.analysis.questions_upload is not None else [], _drop("_upload"))},
+    # an uploaded log is read again with its usual column names (a mapping chosen by hand is not stored)
+    "training": {"source": UploadSlot(_dropped("_upload", lambda v: v.source == UPLOAD), _drop("_upload")),
+                 "log": UploadSlot(_dropped("_log_upload", lambda v: v.log_source == UPLOAD), _drop("_log_upload"))},
 }
 
 
@@ -299,6 +314,8 @@ def _report_subject(view, page: str) -> tuple[Any, dict]:
     if page == "diversity":
         other = view.other if view.other is not None and view.other.is_computed() else None
         return view.analysis, {"other": other}
+    if page == "training":
+        return view.analysis, {"measure": view.measure}
     return view.analysis, {}
 
 

@@ -463,10 +463,10 @@ class DeeperLens(pn.viewable.Viewer):
         self._tabs.param.watch(lambda _event: self.ensure(self.active_tab), "active")
         a = self.analysis
         a.param.watch(self._on_temperature, ["temperature"])
-        a.param.watch(lambda _e: self._show_regions(), ["quadrant_entropy_bits", "quadrant_varentropy_bits2"])
+        a.param.watch(lambda *_e: self._show_regions(), ["quadrant_entropy_bits", "quadrant_varentropy_bits2"])
         a.param.watch(lambda _e: self._show("lens"), ["lens_measure"])
         a.param.watch(lambda _e: self._show_lens_column(), ["lens_position"])
-        a.param.watch(lambda _e: self._on_setting("branches"), list(BRANCH_SETTINGS))
+        a.param.watch(lambda *_e: self._on_setting("branches"), list(BRANCH_SETTINGS))
         a.param.watch(lambda _e: self._on_setting("compare"), ["second_model"])
         a.param.watch(lambda _e: self._show_handover(), ["ead_threshold_bits"])
         a.param.watch(self._on_reasoning_setting, ["question", "chain", "split_by", "answer", "steps"])

@@ -41,6 +41,7 @@ from explorer.data.uploads import Upload
 from explorer.errors import InputError
 from explorer.views.diversity import LOG_TICKS
 from explorer.views.jobs import JobRunner
+from explorer.views.links import PageLinks
 from explorer.views.shared import (
     AMBER,
     GREY,
@@ -137,6 +138,8 @@ class TrainingDynamics(pn.viewable.Viewer):
         given = "analysis" in params
         params.setdefault("analysis", TrainingAnalysis())
         super().__init__(**params)
+        self.links = PageLinks(self, "training")   # before the page watches its own settings
+        self._runs_loaded = False   # the first runs loaded take the epoch of the link the page opened from
         self.jobs = JobRunner()
         self._quiet_depth = 0
         self._mapped: tuple[str, list[Upload]] | None = None   # the log files the column selects describe
@@ -151,7 +154,7 @@ class TrainingDynamics(pn.viewable.Viewer):
         self._layout = self._build_layout()
         a = self.analysis
         a.param.watch(self._on_representation_settings, ["sigma", "clusters", "seed", "layer"])
-        a.param.watch(lambda _e: self._show_representations(), ["t", "q"])
+        a.param.watch(lambda *_e: self._show_representations(), ["t", "q"])
         a.param.watch(lambda _e: self._show_epoch(), ["epoch"])
         a.param.watch(self._on_law_settings, ["bootstrap", "level", "seed"])
         a.param.watch(lambda _e: self._show_forecast(), ["fraction"])
@@ -175,8 +178,11 @@ class TrainingDynamics(pn.viewable.Viewer):
             self._quiet_depth -= 1
 
     def _open(self) -> None:
-        self._load_runs(self.source, ())
-        self._load_logs(self.log_source, [], None)
+        """Load the chosen sources; files a share restored into the drop zones are loading already."""
+        if not uploaded(self._upload):
+            self._load_runs(self.source, ())
+        if not uploaded(self._log_upload):
+            self._load_logs(self.log_source, [], None)
 
     def _compute_given(self) -> None:
         a = self.analysis
@@ -213,7 +219,8 @@ class TrainingDynamics(pn.viewable.Viewer):
             self._loaded["runs"] = key
             with self._quiet():
                 self.source = key
-                self.analysis.runs = runs
+                self.analysis.runs = runs   # (moves the epoch to their last checkpoint)
+                self._apply_linked_epoch()
             self._configure_representation_widgets()
             self._compute_representations()
         if key in self._bundled:
@@ -221,6 +228,18 @@ class TrainingDynamics(pn.viewable.Viewer):
             return
         self.jobs.submit(lambda progress: TRAINING_SOURCES.load(key, progress, uploads), label, slot="load-runs",
                          on_done=loaded)
+
+    def _apply_linked_epoch(self) -> None:
+        """The epoch of the link the page was opened from, on the first runs loaded (when they have it)."""
+        first, self._runs_loaded = not self._runs_loaded, True
+        epoch = self.links.applied.get("epoch")
+        if not first or epoch is None:
+            return
+        if epoch in self.analysis.epochs():
+            self.analysis.epoch = epoch
+        else:
+            self.links.message = " ".join(filter(None, [self.links.message, (
+                "The link's epoch has no checkpoint in these runs: the spectrum shows the last epoch.")]))
 
     def _load_logs(self, key: str, uploads: list[Upload], columns: ColumnMap | None) -> None:
         """Read the log's columns, map them (``columns``, or the usual names), load the runs and fit them."""
@@ -299,13 +318,13 @@ class TrainingDynamics(pn.viewable.Viewer):
                             covariance=pick["covariance"] or None, advantage=pick["advantage"] or None)
         self._load_logs(*self._mapped, columns)
 
-    def _on_representation_settings(self, _event) -> None:
+    def _on_representation_settings(self, *_events) -> None:
         if self._quiet_depth or not self.analysis.runs:
             return
         self._configure_representation_widgets()
         self._compute_representations()
 
-    def _on_law_settings(self, _event) -> None:
+    def _on_law_settings(self, *_events) -> None:
         if not self._quiet_depth and self.analysis.logs:
             self._compute_laws()
 
