@@ -90,3 +90,11 @@ def test_projection_has_hover_text_for_small_n_and_is_rasterised_above(view):
     assert isinstance(image, hv.ImageStack) and sorted(d.name for d in image.vdims) == ["a", "b", "c"]
     counts = image.data.to_array().values if hasattr(image.data, "data_vars") else image.data.values
     assert float(np.nansum(counts)) == pytest.approx(90)  # every point, none subsampled away
+
+
+def test_q_and_t_set_together_patch_both(view):
+    """A link sets q and t in one update: the watcher gets two events at once."""
+    a = view.analysis
+    a.param.update(q=2.0, t=3.0)
+    assert data(view, "marker")["vendi"] == [pytest.approx(a.spectrum().vendi(2.0))]
+    assert view._t_span.location == 3.0

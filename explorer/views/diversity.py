@@ -297,7 +297,7 @@ class DiversityExplorer(pn.viewable.Viewer):
             self.compare_with = "upload"
         self._load("upload", (upload,), self._set_other, "load-b", f"Loading {upload.name} for comparison")
 
-    def _on_settings(self, _event):
+    def _on_settings(self, *_events):
         if not self._quiet_depth and self.analysis.dataset is not None:
             self._compute()
 
@@ -484,14 +484,15 @@ class DiversityExplorer(pn.viewable.Viewer):
             _fit(figs["depth"].y_range, min(depth["renyi_bits"].min(), depth["dse_bits"].min()),
                  max(depth["renyi_bits"].max(), depth["dse_bits"].max()))
 
-    def _on_order(self, event) -> None:
-        """A q or t move: patch the dependent data in place (one held document update)."""
+    def _on_order(self, *events) -> None:
+        """A q or t move (or both at once, from a link): patch the dependent data in place (one held
+        document update)."""
         with pn.io.hold(pn.state.curdoc):
             self._update_cards()
             if self._shown:
                 try:
                     with self._reading():
-                        self._show_order((event.name,))
+                        self._show_order(tuple(event.name for event in events))
                 except NotComputed:
                     pass  # a job is computing the new results; the page refreshes when it ends
 
