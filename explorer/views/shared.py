@@ -72,7 +72,8 @@ def upload_widget(label: str, accept: str, css_class: str, multiple: bool = Fals
     is wrong in words (the drop zone's own type check knows no MIME type for .npy or .parquet)."""
     return pn.widgets.FileDropper(multiple=multiple, max_file_size=f"{MAX_UPLOAD_BYTES // 2**20}MB",
                                   chunk_size=4_000_000, label=f"{label} ({accept.replace(',', ' ')}; up to {human_size(MAX_UPLOAD_BYTES)})",
-                                  layout="compact", css_classes=[css_class], sizing_mode="stretch_width")
+                                  layout="compact", css_classes=[css_class], sizing_mode="stretch_width",
+                                  stylesheets=["label {white-space: normal}"])   # a long label wraps in the sidebar
 
 
 def uploaded(widget: pn.widgets.FileDropper) -> list[Upload] | Upload | None:
