@@ -24,10 +24,9 @@ import pandas as pd
 import panel as pn
 import param
 from bokeh.core.properties import value as literal
-from bokeh.models import BoxAnnotation, ColumnDataSource, FactorRange, HoverTool, Range1d, Span
+from bokeh.models import BoxAnnotation, CDSView, ColumnDataSource, FactorRange, GroupFilter, HoverTool, Range1d, Span
 from bokeh.palettes import Greys256
 from bokeh.plotting import figure
-from bokeh.transform import factor_cmap
 
 from explorer.analyses.base import NotComputed
 from explorer.analyses.conformal import ConformalAnalysis
@@ -398,10 +397,13 @@ class ConformalExplorer(pn.viewable.Viewer):
         scatter = figs["entropy_scatter"] = _figure("entropy_scatter", "entropy of the model's probabilities (bits)",
                                                     "set size (jittered)")
         scatter.title.text = "Set size vs predictive entropy"
-        dots = scatter.scatter("entropy_bits", "jittered_size", source=src["scatter"], size=5, alpha=0.6,
-                               color=factor_cmap("status", list(STATUS_COLOURS.values()), list(STATUS_COLOURS)),
-                               legend_field="status")
-        scatter.add_tools(HoverTool(renderers=[dots], tooltips=[("row", "@row"), ("true", "@true"),
+        # one renderer per status with a fixed colour: a legend_field legend indexes the colour array of a
+        # source that a patch has just replaced, which BokehJS can read out of bounds
+        dots = [scatter.scatter("entropy_bits", "jittered_size", source=src["scatter"], size=5, alpha=0.6,
+                                color=colour, legend_label=status,
+                                view=CDSView(filter=GroupFilter(column_name="status", group=status)))
+                for status, colour in STATUS_COLOURS.items()]
+        scatter.add_tools(HoverTool(renderers=dots, tooltips=[("row", "@row"), ("true", "@true"),
                                                                 ("set size", "@size"), ("entropy", "@entropy_bits{0.00}")]))
         scatter.legend.location = "top_left"
 
@@ -510,8 +512,10 @@ class ConformalExplorer(pn.viewable.Viewer):
         rows = test.numpy()
         names = np.array(a.data.class_names)
         self._src["scatter"].data = {
-            "entropy_bits": entropy.numpy(), "jittered_size": sizes + self._jitter(len(sizes)), "size": sizes,
-            "status": np.where(hit, "covered", "missed"), "row": rows, "true": names[a.data.labels[test].numpy()]}
+            "entropy_bits": entropy.numpy(), "jittered_size": sizes + self._jitter(len(sizes)), "size": sizes.tolist(),
+            # text columns as lists: Bokeh sends a NumPy string array as a binary buffer BokehJS cannot read
+            "status": np.where(hit, "covered", "missed").tolist(), "row": rows.tolist(),
+            "true": names[a.data.labels[test].numpy()].tolist()}
         self._figures["entropy_scatter"].title.text = "Set size vs predictive entropy"
 
     @staticmethod
