@@ -125,7 +125,7 @@ class TokenEntropyLens(pn.viewable.Viewer):
         self.analysis.mode = mode
         label = "Generating" if mode == "generate" else "Scoring"
         adopt_warm_results(self.analysis)
-        self.jobs.submit(self.analysis.compute, label, slot="run", on_done=self._show_run, on_error=self._show_run)
+        self.jobs.submit(self.analysis.compute, label, slot="run", on_done=self._show_run)   # a failed run keeps the page
 
     def _on_display(self, *_events) -> None:
         with pn.io.hold(pn.state.curdoc):
