@@ -394,9 +394,11 @@ class TokenLensAnalysis(Analysis):
         return split_steps(self.chain, by=self.split_by, answer=self.answer)
 
     def reasoning_steps(self) -> list[str]:
-        """The steps scored: the edited ones (one per line) or else the chain split."""
+        """The steps scored: the edited ones (one per line) or else the chain split. The chain is checked
+        either way (empty, or without the answer: ``InputError``)."""
+        split = self.chain_steps()
         edited = [line.strip() for line in self.steps.splitlines() if line.strip()]
-        return edited or self.chain_steps()
+        return edited or split
 
     @result("model_name", "question", "chain", "split_by", "answer", "steps", heavy=True)
     def reasoning(self, progress: Progress | None = None) -> ReasoningEntropy:
