@@ -51,6 +51,8 @@ def wait_for_dataset(page, name: str, timeout: int = JOB_TIMEOUT_MS) -> None:
     page.locator(".dv-summary", has_text=name).wait_for(timeout=timeout)
     page.locator(".dv-card-vendi").wait_for(timeout=timeout)
     page.locator(".dv-vendi-plot").wait_for(timeout=timeout)
+    # cards can show warm results before the plots' sources are filled (the job's end fills them)
+    page.wait_for_function(f"() => ((c) => c && c.length > 0)(({SOURCE_COLUMN})(['dv-marker', 'q']))", timeout=timeout)
 
 
 def column(page, source: str, name: str) -> list:
