@@ -48,7 +48,8 @@ case "$cmd" in
   setup) setup ;;
   serve)
     setup
-    exec "$VENV/bin/panel" serve apps/entropy_explorer.py --port "${PORT:-5006}" --address "${ADDRESS:-127.0.0.1}" "$@" ;;
+    # explorer serve = panel serve + warm caches, the data directory and the login options (README)
+    exec "$VENV/bin/explorer" serve --port "${PORT:-5006}" --address "${ADDRESS:-127.0.0.1}" "$@" ;;
   test)
     setup
     need_chromium
