@@ -74,7 +74,8 @@ def _has_images(outputs) -> bool:
 
 
 def _figure(name: str, x_label: str, y_label: str, height: int = PLOT_HEIGHT, **kwargs):
-    kwargs = {"tools": "pan,wheel_zoom,box_zoom,reset,save", "toolbar_location": "right", **kwargs}
+    kwargs = {"tools": "pan,wheel_zoom,box_zoom,reset,save", "toolbar_location": "right",
+              "sizing_mode": "stretch_width", "min_width": 280, **kwargs}   # two plots share a row
     fig = figure(title=LOADING, height=height, x_axis_label=x_label, y_axis_label=y_label, name=f"cp-{name}-figure",
                  **kwargs)
     fig.title.text_font_size = "12px"
@@ -405,7 +406,10 @@ class ConformalExplorer(pn.viewable.Viewer):
                 for status, colour in STATUS_COLOURS.items()]
         scatter.add_tools(HoverTool(renderers=dots, tooltips=[("row", "@row"), ("true", "@true"),
                                                                 ("set size", "@size"), ("entropy", "@entropy_bits{0.00}")]))
-        scatter.legend.location = "top_left"
+        legend = scatter.legend[0]              # below the plot: the points fill every corner
+        scatter.center.remove(legend)
+        legend.orientation = "horizontal"
+        scatter.add_layout(legend, "below")
 
         cip = figs["cip_curve"] = _figure("cip_curve", "alpha", "bits")
         cip.title.text = "C-IP estimate of H(Y | X) vs alpha"
@@ -418,12 +422,12 @@ class ConformalExplorer(pn.viewable.Viewer):
             ("alpha", "@alpha{0.00}"), ("C-IP", "@cip_bits{0.00} bits"), ("mean size", "@mean_size{0.00}")]))
         cip.legend.location = "top_right"
 
-        image = figs["example_image"] = _figure("example_image", "", "", height=190, width=190, toolbar_location=None,
+        image = figs["example_image"] = _figure("example_image", "", "", height=190, width=190, sizing_mode="fixed", toolbar_location=None,
                                                 x_range=Range1d(0, 8), y_range=Range1d(0, 8), tools="")
         image.image(image="image", x="x", y="y", dw="dw", dh="dh", source=src["example_image"],
                     palette=list(reversed(Greys256)))
         image.axis.visible = image.grid.visible = False
-        probabilities = figs["example_bars"] = _figure("example_bars", "", "probability", height=240, width=350,
+        probabilities = figs["example_bars"] = _figure("example_bars", "", "probability", height=240, width=350, sizing_mode="fixed",
                                                        x_range=FactorRange(factors=[]), y_range=Range1d(0, 1.02))
         bars = probabilities.vbar("label", top="probability", width=0.8, source=src["example_bars"], color="colour")
         probabilities.add_tools(HoverTool(renderers=[bars], tooltips=[("label", "@label"), ("status", "@status"),
