@@ -507,3 +507,15 @@ def test_a_page_report_reads_cached_results_only(views):
     assert "Nothing to report yet" in text          # and no long result computed on the caller's thread:
     assert not [name for name in fresh.computations if ConformalAnalysis.result_specs()[name].heavy]
     assert "Open a run first" in page_report(views["temperature"], "temperature")
+
+
+def test_a_share_holds_a_text_longer_than_a_link():
+    from explorer.data.shares import MAX_FIELD_CHARS
+    from explorer.views.links import MAX_LINK_CHARS, PAGE_FIELDS, read_link
+
+    view = types.SimpleNamespace(analysis=TokenLensAnalysis())
+    text = "entropy " * (MAX_LINK_CHARS // 4)
+    values, rejected = read_link(view, PAGE_FIELDS["lens"], {"text": text})
+    assert "text" in rejected and "use Share" in rejected["text"] and not values
+    values, rejected = read_link(view, PAGE_FIELDS["lens"], {"text": text}, limit=MAX_FIELD_CHARS)
+    assert not rejected and [v for f, v in values.items() if f.key == "text"] == [text]

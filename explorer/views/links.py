@@ -44,7 +44,7 @@ from typing import Any
 import panel as pn
 import param
 
-from explorer.data.shares import ShareStore
+from explorer.data.shares import MAX_FIELD_CHARS, ShareStore
 from explorer.data.uploads import Upload
 from explorer.errors import InputError
 from explorer.views.shared import NOTE_CSS, uploaded
@@ -149,12 +149,13 @@ def _check_bounds(parameter: param.Parameter, value) -> None:
                          f"{encode_value(high) if high is not None else '∞'})")
 
 
-def parse_value(parameter: param.Parameter, raw: str, pattern: re.Pattern | None = None):
+def parse_value(parameter: param.Parameter, raw: str, pattern: re.Pattern | None = None,
+                limit: int = MAX_LINK_CHARS):
     """The value a link's text ``raw`` gives ``parameter``, or ``ValueError(reason)`` (the reason never
-    repeats the text)."""
+    repeats the text). ``limit``: the most characters (a share holds longer texts than a URL)."""
     if not isinstance(raw, str):
         raise ValueError("not text")
-    if len(raw) > MAX_LINK_CHARS:
+    if len(raw) > limit:
         raise ValueError(f"too long ({len(raw):,} characters; a link holds up to {MAX_LINK_CHARS:,}: use Share)")
     if isinstance(parameter, param.Selector):
         for choice in parameter.objects:
@@ -194,10 +195,12 @@ def _resolve(view, path: str) -> tuple[param.Parameterized, str]:
 
 
 def read_link(view, fields: tuple[Field, ...], raw: Mapping[str, str],
-              shared_slots: frozenset[str] = frozenset()) -> tuple[dict[Field, Any], dict[str, str]]:
+              shared_slots: frozenset[str] = frozenset(), limit: int = MAX_LINK_CHARS
+              ) -> tuple[dict[Field, Any], dict[str, str]]:
     """Parse a link's settings (``raw``: query key to text) for ``view``: the values to apply by
     field, and the rejected settings by key with the reason. ``shared_slots``: fields whose
-    "upload" comes with shared files (left to the page's drop zones)."""
+    "upload" comes with shared files (left to the page's drop zones); ``limit``: the most characters
+    of one value (:data:`MAX_LINK_CHARS` in a URL, more in a share)."""
     by_key = {field.key: field for field in fields}
     values, rejected = {}, {}
     for key, text in raw.items():
@@ -207,7 +210,7 @@ def read_link(view, fields: tuple[Field, ...], raw: Mapping[str, str],
             continue
         owner, name = _resolve(view, field.path)
         try:
-            value = parse_value(owner.param[name], text, field.pattern)
+            value = parse_value(owner.param[name], text, field.pattern, limit)
         except ValueError as err:
             rejected[key] = str(err)
             continue
@@ -369,10 +372,13 @@ class PageLinks(pn.viewable.Viewer):
         self._doc, self._location = pn.state.curdoc, pn.state.location
         self._query = _session_query()
         shared = self._open_share(self._query.get("share"))
-        raw = {**(shared.fields if shared else {}),
-               **{k: v for k, v in self._query.items() if k not in (*KEPT, "share") and not k.startswith("bokeh-")}}
+        query = {k: v for k, v in self._query.items() if k not in (*KEPT, "share") and not k.startswith("bokeh-")}
         slots = frozenset(shared.uploads) if shared else frozenset()
-        values, self.rejected = read_link(view, self.fields, raw, slots)
+        # a share's own fields may be as long as the share store holds; the query's on top, URL-sized
+        values, self.rejected = read_link(view, self.fields, shared.fields if shared else {}, slots, MAX_FIELD_CHARS)
+        from_query, rejected = read_link(view, self.fields, query, slots)
+        values = {**{f: v for f, v in values.items() if f.key not in query}, **from_query}
+        self.rejected = {**{k: r for k, r in self.rejected.items() if k not in query}, **rejected}
         self.rejected.update(apply_values(view, values))
         self.applied = {field.key: value for field, value in values.items() if field.key not in self.rejected}
         if self.rejected:
