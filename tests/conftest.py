@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -32,6 +33,14 @@ def pytest_configure(config):
         os.environ["EXPLORER_FUZZ_SCALE"] = "20"   # read by tests/test_fuzz_loaders.py
 
 
+#: The served app's data directory (where served pages keep result stores): one per test session, so
+#: the tests never write into the user's own; tests that hand the page a store write it here.
+#: (Kept in the environment: this file is imported twice, as ``conftest`` and as ``tests.conftest``.)
+if "EXPLORER_TESTS_SERVED_DATA_DIR" not in os.environ:
+    os.environ["EXPLORER_TESTS_SERVED_DATA_DIR"] = tempfile.mkdtemp(prefix="explorer-served-data-")
+SERVED_DATA_DIR = Path(os.environ["EXPLORER_TESTS_SERVED_DATA_DIR"])
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -43,7 +52,8 @@ def served_app(log_path: Path | None = None):
     """``panel serve apps/entropy_explorer.py`` on a free loopback port (offline); yields the app's URL.
     Used by the tests' ``app_url`` fixture and by the browser benchmarks."""
     port = _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+           "ENTROPY_EXPLORER_DATA_DIR": str(SERVED_DATA_DIR)}
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "w") if log_path is not None else subprocess.DEVNULL

@@ -13,6 +13,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.conftest import SCREENSHOTS as SCREENSHOT_DIR
+from tests.conftest import SERVED_DATA_DIR
 from tests.conftest import wait_idle
 
 pytestmark = [pytest.mark.browser, pytest.mark.model]
@@ -53,7 +54,7 @@ def open_page(page, app_url, db: str) -> None:
 
 
 def test_tiny_run_drill_down_and_reopen(app_url, page, screenshot, tmp_path):
-    db = str(tmp_path / "runs.duckdb")
+    db = str(SERVED_DATA_DIR / f"{tmp_path.name}.duckdb")   # served: stores live in the data directory
     open_page(page, app_url, db)
 
     # bad input: a decreasing temperature list and a question file without a question column
@@ -204,7 +205,7 @@ def select_run(page, run_id: str, expected_text: str) -> None:
 
 
 def test_evaluation_panel(app_url, page, screenshot, tmp_path):
-    db = str(tmp_path / "runs.duckdb")
+    db = str(SERVED_DATA_DIR / f"{tmp_path.name}.duckdb")   # served: stores live in the data directory
     fixed, adaptive = evaluation_store(db)
     open_page(page, app_url, db)
 
