@@ -25,12 +25,24 @@ CHROMIUM_ARGS = [
 
 def pytest_addoption(parser):
     parser.addoption("--slow", action="store_true", default=False,
-                     help="fuzz the loaders with twenty times more (random, not derandomised) examples")
+                     help="also run the extended browser journeys, and fuzz the loaders with twenty times more "
+                          "(random, not derandomised) examples")
 
 
 def pytest_configure(config):
     if config.getoption("--slow"):
         os.environ["EXPLORER_FUZZ_SCALE"] = "20"   # read by tests/test_fuzz_loaders.py
+
+
+def pytest_collection_modifyitems(config, items):
+    """``extended`` tests (long browser journeys) run with ``--slow`` only: the default suite stays
+    within CI's time budget and still opens and uses every page."""
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="extended browser journey: run with --slow")
+    for item in items:
+        if "extended" in item.keywords:
+            item.add_marker(skip)
 
 
 #: The served app's data directory (where served pages keep result stores): one per test session, so

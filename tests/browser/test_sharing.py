@@ -235,6 +235,7 @@ def test_a_share_link_restores_an_uploaded_file(served, browser, screenshot, tmp
 
 
 @pytest.mark.model
+@pytest.mark.extended   # scores a 495-token text twice: --slow
 def test_a_share_link_carries_a_text_too_long_for_a_url(served, browser):
     text = " ".join(f"Sentence {i} says that entropy measures how unsure the model is." for i in range(36))
     assert len(text) > 2000
