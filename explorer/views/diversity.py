@@ -32,8 +32,8 @@ from explorer.errors import InputError
 from explorer.views.jobs import JobRunner
 from explorer.views.links import PageLinks
 from explorer.views.server import adopt_warm_results
-from explorer.views.shared import (AMBER, PALETTE, TEAL, card, download_button, format_value, on_open, upload_widget,
-                                   uploaded)
+from explorer.views.shared import (AMBER, PALETTE, TEAL, QuietChanges, card, download_button, format_value, on_open,
+                                   upload_widget, uploaded)
 
 COMPARE_OPTIONS = {"(no comparison)": "", **{s.label: s.key for s in EMBEDDING_SOURCES if s.kind == "bundled"},
                    "Second uploaded file": "upload"}
@@ -158,7 +158,7 @@ def _figure(title: str, x_label: str, y_label: str, width: int = 360, height: in
     return fig
 
 
-class DiversityExplorer(pn.viewable.Viewer):
+class DiversityExplorer(QuietChanges, pn.viewable.Viewer):
     """Diversity of a set of embeddings. ``DiversityExplorer()`` renders the page with the bundled
     text set; pass ``analysis=DiversityAnalysis(dataset=...)`` to study your own data from code."""
 
@@ -176,7 +176,6 @@ class DiversityExplorer(pn.viewable.Viewer):
         self.links = PageLinks(self, "diversity")
         self.jobs = JobRunner()
         self.other: DiversityAnalysis | None = None
-        self._quiet_depth = 0
         a = self.analysis
         self._upload = upload_widget("Embeddings file", ".npy,.npz,.csv,.parquet", "dv-upload")
         self._upload_b = upload_widget("Second file (B)", ".npy,.npz,.csv,.parquet", "dv-upload-b")
@@ -204,15 +203,6 @@ class DiversityExplorer(pn.viewable.Viewer):
             on_open(lambda: self._on_source(None))
 
     # ----------------------------------------------------------------------------- jobs
-    @contextlib.contextmanager
-    def _quiet(self):
-        """Parameter changes made by the page itself (after a load) must not start jobs."""
-        self._quiet_depth += 1
-        try:
-            yield
-        finally:
-            self._quiet_depth -= 1
-
     def _compute(self) -> None:
         """Compute A's (and B's) spectra for the current settings in the job runner, then refill the plots."""
         self._sync_other()

@@ -6,6 +6,8 @@ goes through :class:`explorer.views.jobs.JobRunner`.
 
 from __future__ import annotations
 
+import contextlib
+
 import html
 import io
 import math
@@ -93,3 +95,18 @@ def on_open(callback: Callable[[], None]) -> None:
         pn.state.onload(callback)
     else:
         callback()
+
+
+class QuietChanges:
+    """For a page whose watchers start jobs: ``with self._quiet():`` marks the parameter changes the page
+    makes itself (after a load, say), which must not start any; watchers check ``self._quiet_depth``."""
+
+    _quiet_depth = 0
+
+    @contextlib.contextmanager
+    def _quiet(self):
+        self._quiet_depth += 1
+        try:
+            yield
+        finally:
+            self._quiet_depth -= 1

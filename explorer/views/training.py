@@ -11,7 +11,6 @@ measure or the forecast share sets only the data that depends on it (no model is
 
 from __future__ import annotations
 
-import contextlib
 import html
 from dataclasses import asdict
 
@@ -44,6 +43,7 @@ from explorer.views.jobs import JobRunner
 from explorer.views.links import PageLinks
 from explorer.views.shared import (
     AMBER,
+    QuietChanges,
     GREY,
     MUTED,
     PALETTE,
@@ -123,7 +123,7 @@ def _bands(frame: pd.DataFrame, x: str, low: str, high: str, colours: dict[str, 
             "colour": [colours[run] for run, _ in groups]}
 
 
-class TrainingDynamics(pn.viewable.Viewer):
+class TrainingDynamics(QuietChanges, pn.viewable.Viewer):
     """Entropy across training. ``TrainingDynamics()`` opens on the bundled digits reproduction, the bundled
     RL log and (on its tab) the bundled data-size ensembles; pass ``analysis=TrainingAnalysis(runs=...,
     logs=...)`` to study your own from code."""
@@ -141,7 +141,6 @@ class TrainingDynamics(pn.viewable.Viewer):
         self.links = PageLinks(self, "training")   # before the page watches its own settings
         self._runs_loaded = False   # the first runs loaded take the epoch of the link the page opened from
         self.jobs = JobRunner()
-        self._quiet_depth = 0
         self._mapped: tuple[str, list[Upload]] | None = None   # the log files the column selects describe
         self._loaded = {"runs": None, "logs": None}   # the source each part was loaded from by the page
         self._bundled: dict[str, dict] = {}            # bundled representation runs loaded so far, by source
@@ -168,15 +167,6 @@ class TrainingDynamics(pn.viewable.Viewer):
             on_open(self._open)
 
     # ----------------------------------------------------------------------------- jobs
-    @contextlib.contextmanager
-    def _quiet(self):
-        """Parameter changes made by the page itself must not start jobs."""
-        self._quiet_depth += 1
-        try:
-            yield
-        finally:
-            self._quiet_depth -= 1
-
     def _open(self) -> None:
         """Load the chosen sources; files a share restored into the drop zones are loading already."""
         if not uploaded(self._upload):
