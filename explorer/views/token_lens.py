@@ -980,7 +980,9 @@ class DeeperLens(pn.viewable.Viewer):
             steps = "\n".join(self.analysis.chain_steps())
         except InputError as err:
             steps = ""
-            self._fail("reasoning", err)
+            # only the note here: clearing the figures (Bokeh sources) inside a widget's event failed in a
+            # served session; the job that follows fails the same way and clears them on its own tick
+            self._note("reasoning", error_message(err), error=True)
         self._splitting = True
         try:
             self.analysis.steps = steps
