@@ -485,7 +485,7 @@ class DeeperLens(pn.viewable.Viewer):
         self._build_reasoning()
         self._tabs = pn.Tabs(*zip(DEEPER_TITLES, (self._regions_tab, self._lens_tab, self._branches_tab,
                                                    self._compare_tab, self._reasoning_tab)),
-                             dynamic=True, width=RESULTS_WIDTH, css_classes=["lens-deeper-tabs"])
+                             dynamic=False, width=RESULTS_WIDTH, css_classes=["lens-deeper-tabs"])
         self._tabs.param.watch(lambda _event: self.ensure(self.active_tab), "active")
         a = self.analysis
         a.param.watch(self._on_temperature, ["temperature"])
