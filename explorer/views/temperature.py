@@ -131,7 +131,7 @@ class TemperatureSensitivity(pn.viewable.Viewer):
         self._call = loop_caller()
         self._all_runs = pd.DataFrame()
         self.param.watch(self._on_run_id, "run_id")
-        self._cost = pn.pane.Markdown("", sizing_mode="stretch_width")
+        self._cost = pn.pane.Markdown("", sizing_mode="stretch_width", css_classes=["ts-cost"])
         self.analysis.param.watch(self._show_cost, list(COST_SETTINGS))
         self.param.watch(self._show_cost, ["temperatures_text"])
         self._show_cost()
