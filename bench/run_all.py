@@ -11,8 +11,9 @@ Figures are only written when the machine was quiet: if the 1-minute load averag
 the end is above the number of cores, nothing is written and the exit status is 2, unless ``--force``
 (the output and the file then say that the run was under load). ``--device cuda`` runs the kernels on
 the GPU against the same CPU code and the peers; without a CUDA device it prints "no CUDA device:
-skipped" and exits 0. ``--browser`` adds the browser slider benchmarks (a served app and Chromium; run
-as their own scripts, their printed p50/p95 parsed). ``--markdown`` prints the table as Markdown.
+skipped" and exits 0. ``--browser`` adds the browser benchmarks (a served app and Chromium): the slider
+ones run as their own scripts, their printed p50/p95 parsed; ``bench_server`` (many sessions, a job,
+churn) through its ``run``. ``--markdown`` prints the table as Markdown.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import torch  # noqa: E402
 from bench.common import result, table  # noqa: E402
 
 BROWSER = {"bench_slider_latency": 0.300, "bench_diversity_slider": 0.050}  # module -> aim for p95 (s)
+BROWSER_RUN = ("bench_server",)   # browser benchmarks with their own run(device, quick): only with --browser
 RESULTS = BENCH_DIR / "results.json"
 
 
@@ -47,7 +49,7 @@ def modules(only: str | None, browser: bool) -> list[str]:
         if wanted not in names:
             raise SystemExit(f"no benchmark {only!r}; choose one of {', '.join(n.removeprefix('bench_') for n in names)}")
         return [wanted]
-    return [name for name in names if browser or name not in BROWSER]
+    return [name for name in names if browser or (name not in BROWSER and name not in BROWSER_RUN)]
 
 
 def run_module(name: str, device: str, quick: bool) -> tuple[list[dict], str]:
@@ -100,7 +102,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--only", help="one module, e.g. vendi or bench_vendi")
     parser.add_argument("--full", action="store_true", help="run(quick=False): the full sizes (much longer)")
-    parser.add_argument("--browser", action="store_true", help="also the browser slider benchmarks")
+    parser.add_argument("--browser", action="store_true", help="also the browser benchmarks (sliders, server load)")
     parser.add_argument("--force", action="store_true", help="write the figures even when the machine is loaded")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args()

@@ -291,3 +291,25 @@ def test_bad_page_input_is_an_input_error_in_python_too(study):
     study.chain = ""
     with pytest.raises(InputError, match="chain is empty"):
         study.reasoning()
+
+
+def test_a_run_shown_recomputes_the_served_document_once(study, monkeypatch):
+    """Showing a run replaces ten HoloViews plots: Bokeh recomputes the document's model graph once
+    (not after each plot: 1-2 s of a served page's event loop with its ~800 models), and no plot's axes
+    are linked to another's (Panel redid that for the whole page on every plot replaced)."""
+    from bokeh.document import Document
+    from panel.io.state import set_curdoc
+
+    doc = Document()
+    with set_curdoc(doc):
+        analysis = TokenLensAnalysis(mode="score", text=TEXT, prompt="", chat=False, **SMALL)
+        analysis.adopt_results(study)
+        view = TokenEntropyLens(analysis=analysis)
+        view.jobs.wait()
+        pn.panel(view).server_doc(doc)
+        recomputes, recompute = [], doc.models.recompute
+        monkeypatch.setattr(doc.models, "recompute", lambda: (recomputes.append(1), recompute())[-1])
+        view._show_run()
+    assert len(recomputes) == 1
+    panes = [pane for pane in pn.panel(view).select(pn.pane.HoloViews)]
+    assert len(panes) >= 10 and not [pane for pane in panes if pane.linked_axes]

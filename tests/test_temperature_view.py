@@ -41,3 +41,23 @@ def test_lens_link_carries_prompt_text_and_temperature():
     query = parse_qs(urlparse(url).query)
     assert query == {"page": ["lens"], "prompt": ["What is 2 + 2? & more"], "text": ["It is 4 = four"],
                      "temperature": ["1.2"]}
+
+
+def test_the_cost_line_changes_its_text_in_place(tmp_path):
+    """A changed setting rewrites the cost line's text in the model already shown (a new pane per
+    keystroke made the browser lay the page out again)."""
+    from explorer.analyses.temperature import TemperatureAnalysis
+    from explorer.views.temperature import TemperatureSensitivity
+
+    page = TemperatureSensitivity(analysis=TemperatureAnalysis(db_path=str(tmp_path / "runs.duckdb")))
+    cost = page._cost
+    shown = cost.get_root()
+    assert "(4 temperatures x 5 questions)" in cost.object
+    page.analysis.max_questions = 7
+    generations = page.analysis.generations(temperatures=4)
+    assert page._cost is cost and f"**Cost:** {generations:,} generations (4 temperatures x 7 questions)" in cost.object
+    assert "7 questions" in shown.text
+    page.temperatures_text = "0.5, 0.4"
+    assert "**Temperatures:**" in cost.object and cost.styles == {"color": "#b91c1c"}
+    page.temperatures_text = "0.5, 1.0"
+    assert cost.object.startswith("**Cost:**") and "2 temperatures" in shown.text and not cost.styles

@@ -10,7 +10,9 @@ data directory.
   compute (the bundled data sets and the digits network, the default texts' embeddings and spectra,
   the conformal sets of the digits network, the default lens trace) while the server already
   answers. Pages take over these results with :func:`adopt_warm_results` when their settings match
-  (results are shared read-only between sessions, never copied).
+  (results are shared read-only between sessions, never copied);
+* :func:`release_freed_memory_periodically`: a daemon thread gives the memory of closed sessions
+  back to the operating system (glibc keeps it otherwise).
 
 Pages served by any server call :func:`checked_path` on a path a user typed: in a notebook or a
 script it is used as typed; when served it must lie in :func:`explorer.data.paths.data_dir`.
@@ -18,6 +20,8 @@ script it is used as typed; when served it must lie in :func:`explorer.data.path
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import faulthandler
 import logging
 import signal
@@ -44,6 +48,7 @@ _WARM_LOCK = threading.Lock()
 _STARTED = threading.Event()
 WARM_STEPS = ("conformal", "diversity", "lens")
 WARM_TIMEOUT_S = 900
+RELEASE_EVERY_S = 15.0
 
 
 # ----------------------------------------------------------------------------------------- paths
@@ -170,8 +175,48 @@ def warm_in_background(steps: tuple[str, ...] = WARM_STEPS) -> threading.Thread:
     return thread
 
 
+# ----------------------------------------------------------------------------------------- memory
+def _malloc_trim() -> Callable[[], int] | None:
+    """glibc's ``malloc_trim(0)``, or None where the C library has none (macOS, Windows, musl)."""
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return lambda: trim(0)
+
+
+def release_freed_memory() -> bool:
+    """Give the heap memory that Python and numpy have freed back to the operating system. glibc keeps
+    freed blocks below its (self-raising, up to 32 MB) mmap threshold for reuse: a closed training page
+    left 45 MB of resident memory each, never given back (8 pages opened and closed: +358 MB; +6 MB
+    after this call). The C call releases the GIL. Returns False where there is no ``malloc_trim``."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim()
+    return True
+
+
+def release_freed_memory_periodically(every_s: float = RELEASE_EVERY_S) -> threading.Thread | None:
+    """:func:`release_freed_memory` every ``every_s`` seconds in a daemon thread (None without glibc).
+    Sessions are freed 15-32 s after their tab closes (Bokeh's unused-session lifetime and check
+    interval), so a closed tab's memory goes back within about a minute."""
+    if _malloc_trim() is None:
+        return None
+
+    def loop():
+        while True:
+            time.sleep(every_s)
+            release_freed_memory()
+    thread = threading.Thread(target=loop, name="explorer-release-memory", daemon=True)
+    thread.start()
+    return thread
+
+
 def start(warm_steps: tuple[str, ...] = WARM_STEPS) -> None:
-    """Once per server process: quiet logs, then warm the caches in the background."""
+    """Once per server process: quiet logs, closed sessions' memory given back, then warm the caches
+    in the background."""
     if _STARTED.is_set():
         return
     _STARTED.set()
@@ -184,5 +229,6 @@ def start(warm_steps: tuple[str, ...] = WARM_STEPS) -> None:
     quiet_closed_connections()
     if hasattr(signal, "SIGUSR1"):   # `kill -USR1 <pid>` prints every thread's stack (a hung server)
         faulthandler.register(signal.SIGUSR1, all_threads=True)
+    release_freed_memory_periodically()
     if warm_steps:
         warm_in_background(warm_steps)

@@ -9,6 +9,7 @@ run); the plots that depend on the text alone are redrawn only when a run ends.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import time
 import uuid
@@ -75,6 +76,26 @@ def _shade(values: np.ndarray, top: float) -> list[str]:
     return [f"rgb({r},{g},{b})" for r, g, b in zip(red, green, blue)]
 
 
+def _plot(element, **params) -> pn.pane.HoloViews:
+    """A HoloViews pane whose axes are its own. Panel links the axes of every HoloViews plot of a page
+    that share a dimension name ("position") by default, and redoes it for the whole page on every
+    update of any of them: with these ten plots that was 1-2 s of event loop per run shown (each plot
+    sets its own ranges anyway)."""
+    return pn.pane.HoloViews(element, linked_axes=False, **params)
+
+
+@contextlib.contextmanager
+def _models_frozen():
+    """Bokeh recomputes a served document's whole model graph after every plot replaced (0.1-0.2 s each
+    for this page's 800 models); inside this block it does so once, at the end."""
+    doc = pn.state.curdoc
+    if doc is None:
+        yield
+        return
+    with doc.models.freeze():
+        yield
+
+
 def _visible(token: str) -> str:
     return token.replace("\n", "⏎\n").replace("\t", "⇥")
 
@@ -97,13 +118,13 @@ class TokenEntropyLens(pn.viewable.Viewer):
         self._tokens = pn.pane.HTML("", width=RESULTS_WIDTH, css_classes=["lens-text-pane"])
         self._source = ColumnDataSource({column: [] for column in CURVE_COLUMNS}, name="lens-curves")
         self._curves = self._curve_figure()
-        self._multiples = [pn.pane.HoloViews(self._entropy_at(False, t), margin=0) for t in SMALL_MULTIPLE_TEMPERATURES]
+        self._multiples = [_plot(self._entropy_at(False, t), margin=0) for t in SMALL_MULTIPLE_TEMPERATURES]
         self._decoding_note = pn.pane.Markdown(DECODING_NOTE, width=RESULTS_WIDTH)
-        self._decoding_entropy = pn.pane.HoloViews(None, visible=False)
-        self._decoding_kept = pn.pane.HoloViews(None, visible=False)
-        self._ranks = pn.pane.HoloViews(self._rank_histogram(False))
-        self._heatmap = pn.pane.HoloViews(self._attention_heatmap(False))
-        self._attention_line = pn.pane.HoloViews(self._attention_curve(False))
+        self._decoding_entropy = _plot(None, visible=False)
+        self._decoding_kept = _plot(None, visible=False)
+        self._ranks = _plot(self._rank_histogram(False))
+        self._heatmap = _plot(self._attention_heatmap(False))
+        self._attention_line = _plot(self._attention_curve(False))
         self._layer = pn.widgets.IntInput.from_param(self.analysis.param.layer, width=90)
         self._head = pn.widgets.IntInput.from_param(self.analysis.param.head, width=90)
         self._deeper = DeeperLens(analysis=self.analysis, jobs=self.jobs)
@@ -147,7 +168,14 @@ class TokenEntropyLens(pn.viewable.Viewer):
     def _show_run(self, _result=None) -> None:
         """A run ended: every part of the page shows the new text; the summary last, so that it shows
         the new run only when everything else does (the tabs' plots one by one: holding them in one
-        document update trips Bokeh's layout in hidden tabs)."""
+        document update trips Bokeh's layout in hidden tabs; the server's model graph is recomputed
+        once, at the end, instead of after each plot)."""
+        with _models_frozen():
+            self._show_plots()
+        with pn.io.hold(pn.state.curdoc):
+            self._show_measures()
+
+    def _show_plots(self) -> None:
         for pane, t in zip(self._multiples, SMALL_MULTIPLE_TEMPERATURES):
             pane.object = self._read(self._entropy_at, t)
         self._show_decoding(self._read(self._decoding_effect))
@@ -161,8 +189,6 @@ class TokenEntropyLens(pn.viewable.Viewer):
         except InputError:
             pass
         self._deeper.show_run()
-        with pn.io.hold(pn.state.curdoc):
-            self._show_measures()
 
     def _show_measures(self) -> None:
         """What depends on the display temperature and window: cards, coloured text, curves."""
