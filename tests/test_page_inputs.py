@@ -42,7 +42,7 @@ def test_the_lens_text_boxes_never_cut_a_paste_and_state_the_limit():
 
     view = TokenEntropyLens(analysis=TokenLensAnalysis(text=""))   # nothing to score on open
     boxes = _widgets(view, pn.widgets.TextAreaInput)
-    assert len(boxes) == 2 and all(box.max_length == TEXT_MAX_CHARS >= 500 * MAX_SCORED_TOKENS for box in boxes)
+    assert len(boxes) == 4 and all(box.max_length == TEXT_MAX_CHARS >= 500 * MAX_SCORED_TOKENS for box in boxes)   # + chain, steps
     text_box = next(box for box in boxes if box.name.startswith("Text to score"))
     assert f"{MAX_SCORED_TOKENS:,} tokens" in text_box.name
     text_box.value = "word " * 20_000                 # a 100,000-character paste
@@ -58,32 +58,7 @@ def test_a_text_over_the_token_limit_is_refused_with_a_message():
     assert "tokens long" in view.jobs.message and f"at most {MAX_SCORED_TOKENS}" in view.jobs.message
 
 
-@pytest.fixture
-def link(monkeypatch):
-    """Open pages as if from a link with these query arguments."""
-    def set_args(**query):
-        args = {key: [value.encode()] for key, value in query.items()}
-        monkeypatch.setattr(type(pn.state), "session_args", property(lambda self: args))
-    return set_args
-
-
-@pytest.mark.parametrize("value", ["nan", "inf", "-1", "9", "hot", "<script>alert(1)</script>"])
-def test_a_bad_temperature_in_a_lens_link_is_named(link, value):
-    from explorer.views.token_lens import TokenEntropyLens
-
-    link(temperature=value, text="")
-    view = TokenEntropyLens()
-    assert view.analysis.temperature == 1.0
-    assert "The link's temperature" in view.jobs.message and "T = 1" in view.jobs.message
-    assert "<script" not in view.jobs._alert.object
-
-
-def test_a_good_temperature_in_a_lens_link_is_used(link):
-    from explorer.views.token_lens import TokenEntropyLens
-
-    link(temperature="1.35", text="")
-    view = TokenEntropyLens()
-    assert view.analysis.temperature == 1.35 and not view.jobs.message
+# A bad value in a link (temperature=nan, markup, ...) is named by the page's links: tests/test_links.py.
 
 
 def test_messages_show_names_as_text_not_markup():

@@ -986,10 +986,10 @@ class DeeperLens(pn.viewable.Viewer):
         button.on_click(lambda _event: self._run_now("reasoning"))
         self._reasoning_tab = pn.Column(
             pn.widgets.TextInput.from_param(a.param.question, width=RESULTS_WIDTH - 20),
-            pn.widgets.TextAreaInput.from_param(a.param.chain, height=110, width=RESULTS_WIDTH - 20),
+            pn.widgets.TextAreaInput.from_param(a.param.chain, height=110, width=RESULTS_WIDTH - 20, max_length=TEXT_MAX_CHARS),
             pn.Row(pn.widgets.TextInput.from_param(a.param.answer, width=240),
                    pn.widgets.RadioButtonGroup.from_param(a.param.split_by, width=200, margin=(22, 10)), button),
-            pn.widgets.TextAreaInput.from_param(a.param.steps, height=120, width=RESULTS_WIDTH - 20),
+            pn.widgets.TextAreaInput.from_param(a.param.steps, height=120, width=RESULTS_WIDTH - 20, max_length=TEXT_MAX_CHARS),
             self._notes["reasoning"], self._reasoning_cards, pn.pane.Bokeh(fig), self._reasoning_steps,
             width=RESULTS_WIDTH)
 
