@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-pytestmark = [pytest.mark.browser, pytest.mark.model, pytest.mark.extended]   # six minutes on 2 cores: --slow
+pytestmark = [pytest.mark.browser, pytest.mark.model]
 
 JOB_TIMEOUT_MS = 180_000
 

@@ -10,18 +10,18 @@ the page showed it. A page open runs from the navigation to the page showing its
 
 1. The server starts and warms its caches (its log says "warmed conformal / diversity / lens").
 2. A lens session opens alone. Then four sessions open at once, on the conformal, diversity,
-   temperature and training pages: **page-open p95 <= 3 s** over these four opens (xfail, strict:
+   temperature and training pages: **page-open p95 <= 3 s** over these four opens (xfail, not strict:
    see its reason).
 3. Quiet phase, once no page runs a job any more: the four sessions each move their main widget
    (alpha, diffusion time t, the number of questions, the epoch) ``MOVES`` times at once, 0.3 s
-   apart: **interaction p95 <= 500 ms** over these moves (xfail, strict: see its reason). Each
+   apart: **interaction p95 <= 500 ms** over these moves (xfail, not strict: see its reason). Each
    session's median here is its quiet baseline.
 4. Job phase: the lens session generates, again and again with new seeds (a generation ends at its
    end-of-text token, so one may be short), while the four sessions move ``MOVES`` more times. A move
    overlapping a generation (from the click on Generate until the page shows the result, so the result
    landing on the event loop counts too) is "during the job". **For each of the four sessions, the
    median of its moves during the job minus its quiet median <= 200 ms**, compared twice: the
-   server's share (asserted) and the whole move (xfail, strict: the browsers share the 2 cores with
+   server's share (asserted) and the whole move (xfail, not strict: the browsers share the 2 cores with
    the job). Medians, because with a handful of moves per session on 2 cores shared with the browser
    a maximum measures the scheduler. Then the lens moves its own slider.
 5. Churn: ``CHURN_CYCLES`` session cycles (a tab opens a page, the five pages in turn, waits for its
@@ -177,7 +177,7 @@ def _delays(found: Sessions, suffix: str) -> tuple[dict[str, float], str]:
     return {key: busy - quiet for key, (quiet, busy, _, _) in figures.items()}, f"{lines}; {found.load[3]}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(strict=False, reason=(   # not strict: a quieter machine may meet it
     "Not met with Chromium on the same 2 cores. Measured on this machine (4 tabs, one page each, opened at "
     "once): p95 11-19 s at load average 3-9; one page alone 2.2-5.3 s at load 1-5 (the lens, not among the "
     "four, 8-9 s). One open costs the server 1-2.5 s of CPU and Chromium 1.5-4 s (BokehJS style "
@@ -190,7 +190,7 @@ def test_four_sessions_open_within_3_s(sessions):
                                 f"({dict(zip(MOVERS, (round(v) for v in opens)))}; {sessions.load[1]})")
 
 
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(strict=False, reason=(   # not strict: a quieter machine may meet it
     "Not met with Chromium on the same 2 cores. Measured on this machine, 4 sessions moving at once: p95 "
     "615 ms at load average 2.8 (diversity p50 276 ms, temperature 199 ms, training 173 ms, conformal 59 ms), "
     "713 ms at load 7. The server's share of a move is 10-60 ms of CPU; a diversity move costs Chromium's "
@@ -211,7 +211,7 @@ def test_a_generation_does_not_delay_the_servers_answers_to_other_sessions(sessi
                                            f"{delays[worst]:.0f} ms > {JOB_DELAY_MS} ms: {figures}")
 
 
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(strict=False, reason=(   # not strict: a quieter machine may meet it
     "Not met with Chromium on the same 2 cores: the generation takes the CPU the other tabs need to redraw. "
     "Measured on this machine, median of a session's moves during a generation minus its quiet median: "
     "diversity +230 to +330 ms at load average 3-4 (+575 ms at load 9), temperature +140 ms, training +70 to "
