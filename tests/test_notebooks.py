@@ -60,7 +60,8 @@ def test_there_is_one_example_per_page_and_one_for_the_api():
 
 
 @pytest.mark.model
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [pytest.param(path, marks=() if path.stem == "00_python_api" else pytest.mark.extended)
+                                  for path in EXAMPLES], ids=lambda p: p.stem)
 def test_an_example_notebook_runs_top_to_bottom(path, tmp_path):
     notebook = execute(nbformat.read(path, as_version=4), tmp_path)
     assert problems(notebook) == []

@@ -73,7 +73,7 @@ def test_float32_at_the_lens_size_is_within_float32_round_off_of_float64():
         error = (sweep[name].double() - truth[name]).abs() / truth[name].abs().clamp_min(1)
         plain_error = (plain[name].double() - truth[name]).abs() / truth[name].abs().clamp_min(1)
         assert error.max() <= tolerance, name
-        assert error.max() <= 2 * plain_error.max() + 1e-6, name  # as accurate as token_statistics
+        assert error.max() <= 2 * plain_error.max() + 1e-5, name  # float32 round-off, as token_statistics
 
 
 def test_leading_shape_and_agreement_with_entropy_sweep():

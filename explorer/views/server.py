@@ -214,6 +214,24 @@ def release_freed_memory_periodically(every_s: float = RELEASE_EVERY_S) -> threa
     return thread
 
 
+# Modules that the warming thread and the first sessions would otherwise import at the same time.
+# Python's per-module import locks detect a cycle between two threads as a deadlock and raise
+# (seen: the warming thread building a Tabulator imports narwhals.stable.v1 while a session imports
+# narwhals.stable.v2: "_DeadlockError", and the conformal page was not warmed).
+PRELOADED = ("narwhals.stable.v1", "narwhals.stable.v2", "explorer.views.app", "explorer.views.conformal",
+             "explorer.views.diversity", "explorer.views.token_lens", "explorer.views.temperature",
+             "explorer.views.training")
+
+
+def preload_modules() -> None:
+    """Import :data:`PRELOADED` in this (the server's main) thread, before any other thread runs."""
+    for module in PRELOADED:
+        try:
+            import_module(module)
+        except ImportError:   # an optional dependency missing: the page says so when opened
+            log.warning("could not import %s at start", module, exc_info=True)
+
+
 def start(warm_steps: tuple[str, ...] = WARM_STEPS) -> None:
     """Once per server process: quiet logs, closed sessions' memory given back, then warm the caches
     in the background."""
@@ -230,5 +248,6 @@ def start(warm_steps: tuple[str, ...] = WARM_STEPS) -> None:
     if hasattr(signal, "SIGUSR1"):   # `kill -USR1 <pid>` prints every thread's stack (a hung server)
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     release_freed_memory_periodically()
+    preload_modules()
     if warm_steps:
         warm_in_background(warm_steps)

@@ -96,6 +96,7 @@ def test_alpha_methods_examples_and_uploads(app_url, page, screenshot, tmp_path)
     assert not page.errors, page.errors
 
 
+@pytest.mark.extended   # CI time budget: --slow
 @pytest.mark.model
 def test_llm_multiple_choice(app_url, page, screenshot):
     open_page(page, app_url)

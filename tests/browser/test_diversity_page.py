@@ -149,6 +149,7 @@ def test_sets_q_kernel_comparison_and_bad_upload(app_url, page, screenshot, tmp_
     assert not page.errors, page.errors
 
 
+@pytest.mark.extended   # CI time budget: --slow
 def test_compare_two_uploaded_files(app_url, page, screenshot, tmp_path):
     page.set_viewport_size(TALL)
     page.goto(f"{app_url}?page=diversity")
@@ -179,6 +180,7 @@ def test_compare_two_uploaded_files(app_url, page, screenshot, tmp_path):
     assert not page.errors, page.errors
 
 
+@pytest.mark.extended   # CI time budget: --slow
 @pytest.mark.model
 def test_hidden_states_per_layer(app_url, page, screenshot):
     page.set_viewport_size(TALL)

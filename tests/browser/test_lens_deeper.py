@@ -72,6 +72,7 @@ def local_models(tmp_path_factory):
     return paths
 
 
+@pytest.mark.extended   # CI time budget: --slow
 def test_the_deeper_lens_end_to_end(app_url, page, screenshot, local_models):
     same_vocabulary, other_vocabulary = local_models
     page.goto(f"{app_url}?page=lens")

@@ -48,7 +48,7 @@ import pytest
 from load_driver import (PAGES, Server, Session, Timings, churn, explorer_server, job_delays, keep_generating, launch,
                          load_average, move_all, percentile, sample_rss, settle, summary_line, wait_warm)
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.extended]   # about 5 minutes on 2 cores: --slow
 
 MOVERS = ("conformal", "diversity", "temperature", "training")
 MOVES = 6

@@ -118,6 +118,8 @@ def test_a_copied_link_shows_the_same_view_in_a_fresh_browser(served, browser, s
     handle.focus()
     for _ in range(10):
         handle.press("ArrowRight")
+    wait_for_query(tab, "alpha=0.15")
+    settled(tab, "cp", CONFORMAL_CARDS)    # the moves' jobs are done: the checkbox is not re-rendered under the click
     tab.locator(".cp-class-conditional input").check()
     wait_for_query(tab, "method=aps", "class_conditional=true", "alpha=0.15")
     shown = settled(tab, "cp", CONFORMAL_CARDS)
@@ -176,6 +178,7 @@ def report_opens_offline(browser, report: Path, screenshot) -> None:
     context.close()
 
 
+@pytest.mark.extended   # the parsing is tested in test_links.py: --slow
 def test_a_hostile_link_opens_with_defaults_and_says_which_settings(served, browser, screenshot):
     context, tab = fresh_tab(browser)
     query = {"page": "conformal", "alpha": "nan", "seed": "<script>window.__pwned=1</script>", "method": "bogus",

@@ -174,6 +174,7 @@ def test_entropy_law_bundled_uploaded_and_bad_logs(app_url, page, screenshot, tm
     assert not page.errors, page.errors
 
 
+@pytest.mark.extended   # CI time budget: --slow
 def test_uncertainty_against_data_size(app_url, page, screenshot):
     page.set_viewport_size(TALL)
     page.goto(f"{app_url}?page=training")
