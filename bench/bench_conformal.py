@@ -139,9 +139,9 @@ def new_alpha(probs, labels, device: str) -> list[dict]:
 def run(device: str = "cpu", quick: bool = False, rows: int = 50_000, classes: int = 1_000) -> list[dict]:
     if no_cuda(device):
         return []
-    torch.set_grad_enabled(False)
-    probs, labels = synthetic(rows, classes)
-    return sets_vs_mapie(probs, labels, device) + new_alpha(probs, labels, device)
+    with torch.no_grad():   # not set_grad_enabled(False): run_all runs the next benchmark in this thread
+        probs, labels = synthetic(rows, classes)
+        return sets_vs_mapie(probs, labels, device) + new_alpha(probs, labels, device)
 
 
 def main() -> None:

@@ -144,12 +144,12 @@ def statistics_grid_case(logits: torch.Tensor, repeats: int, device: str, source
 def run(device: str = "cpu", quick: bool = False, source: str | None = None, repeats: int | None = None) -> list[dict]:
     if no_cuda(device):
         return []
-    torch.set_grad_enabled(False)
     source = source or ("synthetic" if quick else "model")
     repeats = repeats or (1 if quick else 3)
-    logits = model_logits() if source == "model" else synthetic_logits()
-    first = logits[:GRID_POSITIONS] if quick else logits  # quick: 256 positions, the same per-position work
-    return entropy_cases(first, repeats, device, source) + statistics_grid_case(logits, repeats, device, source)
+    with torch.no_grad():   # not set_grad_enabled(False): run_all runs the next benchmark in this thread
+        logits = model_logits() if source == "model" else synthetic_logits()
+        first = logits[:GRID_POSITIONS] if quick else logits  # quick: 256 positions, the same per-position work
+        return entropy_cases(first, repeats, device, source) + statistics_grid_case(logits, repeats, device, source)
 
 
 def main() -> None:

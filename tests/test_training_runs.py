@@ -118,3 +118,12 @@ def test_uncertainty_against_data_size(cache):
     assert result.predictive_fit.fitted.shape == (3,)
     again = uncertainty_vs_data_size(SMALL_SIZES)  # from the cache
     assert torch.equal(again.probs, result.probs)
+
+
+def test_a_run_trains_in_a_thread_whose_gradients_are_off():
+    """A caller in ``torch.no_grad()`` (a benchmark, a notebook cell) still gets a trained network."""
+    from explorer.data.training_runs import DigitsTraining, _train_run
+
+    with torch.no_grad():
+        arrays = _train_run(DigitsTraining(width=16, epochs=1, probe_rows=100, train_rows=64), False, None)
+    assert arrays["epochs"].tolist() == [0, 1]

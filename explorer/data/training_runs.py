@@ -120,7 +120,8 @@ def _train_run(setup: DigitsTraining, shuffled: bool, progress: Progress | None)
     for epoch in range(setup.epochs):
         for batch in torch.randperm(len(Xt), generator=order).split(setup.batch_size):
             optimiser.zero_grad()
-            torch.nn.functional.cross_entropy(network(Xt[batch]), yt[batch]).backward()
+            with torch.enable_grad():   # whatever the caller's thread has set (no_grad, inference_mode)
+                torch.nn.functional.cross_entropy(network(Xt[batch]), yt[batch]).backward()
             optimiser.step()
         snapshots.append(_snapshot(network, Xt, yt, Xp, yp))
         if progress is not None:
