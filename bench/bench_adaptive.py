@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/<name>.py` finds bench.common
+from bench.common import print_run  # noqa: E402
+
 RULE = dict(adaptive_round=2, adaptive_epsilon=0.1, adaptive_rounds=2, adaptive_min=4)
 MEASURES = ("se_discrete", "msp", "mean_token_entropy")
-
-
-def load_average() -> float:
-    return os.getloadavg()[0]
 
 
 def run(device: str = "cpu", quick: bool = False) -> list[dict]:
@@ -74,15 +75,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    print(f"load average before: {load_average():.1f} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)")
-    rows = run(args.device, args.quick)
-    if not rows:
-        print(f"no {args.device} device: nothing measured")
-    for row in rows:
-        error = "" if row["error"] is None else f", error {row['error']:.3f}"
-        print(f"{row['case']}: ours {row['ours_s']:.1f} s, {row['baseline']} {row['baseline_s']:.1f} s "
-              f"-> ratio {row['ratio']:.2f}{error}; {row['note']}")
-    print(f"load average after: {load_average():.1f}")
+    print_run(lambda: run(args.device, args.quick), args.device)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,9 +33,8 @@ from sklearn import metrics as skm
 from explorer.kernels import adaptive as A
 from explorer.kernels import evaluation as E
 
-
-def load_average() -> float:
-    return os.getloadavg()[0]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/<name>.py` finds bench.common
+from bench.common import print_run  # noqa: E402
 
 
 def _sync(device: str) -> None:
@@ -209,15 +209,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=None)
     args = parser.parse_args()
-    print(f"load average before: {load_average():.1f} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)")
-    rows = run(args.device, args.quick, args.repeats)
-    if not rows:
-        print(f"no {args.device} device: nothing measured")
-    for row in rows:
-        error = "" if row["error"] is None else f", error {row['error']:.1e}"
-        print(f"{row['case']}: ours {row['ours_s'] * 1e3:.1f} ms, {row['baseline']} {row['baseline_s'] * 1e3:.1f} ms "
-              f"-> ratio {row['ratio']:.1f}{error}; {row['note']}")
-    print(f"load average after: {load_average():.1f}")
+    print_run(lambda: run(args.device, args.quick, args.repeats), args.device)
 
 
 if __name__ == "__main__":

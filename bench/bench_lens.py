@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import os
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +29,9 @@ import torch
 from explorer.kernels.divergence import lens_statistics
 from explorer.models import lens_tools
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/<name>.py` finds bench.common
+from bench.common import print_run  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "A shop sells pencils at 3 for 45 cents. How much do 10 pencils cost?"
 STEPS = ["One pencil costs 45 / 3 = 15 cents.", "Ten pencils cost 10 times as much.", "10 * 15 = 150 cents.",
@@ -36,10 +39,6 @@ STEPS = ["One pencil costs 45 / 3 = 15 cents.", "Ten pencils cost 10 times as mu
          "One more pencil adds 15 cents: 135 + 15 = 150.", "Both ways give 150 cents.",
          "There is no discount for buying 10.", "So the cost is 150 cents.", "In dollars that is $1.50."]
 ANSWER = "$1.50"
-
-
-def load_average() -> float:
-    return os.getloadavg()[0]
 
 
 def best_time(fn, repeats: int) -> float:
@@ -303,15 +302,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=None)
     args = parser.parse_args()
-    print(f"load average before: {load_average():.1f} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)")
-    rows = run(args.device, args.quick, args.repeats)
-    if not rows:
-        print(f"no {args.device} device: nothing measured")
-    for row in rows:
-        error = "" if row["error"] is None else f", error {row['error']:.1e}"
-        print(f"{row['case']}: ours {row['ours_s'] * 1e3:.0f} ms, {row['baseline']} {row['baseline_s'] * 1e3:.0f} ms "
-              f"-> ratio {row['ratio']:.2f}{error}; {row['note']}")
-    print(f"load average after: {load_average():.1f}")
+    print_run(lambda: run(args.device, args.quick, args.repeats), args.device)
 
 
 if __name__ == "__main__":

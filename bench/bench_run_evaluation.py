@@ -34,12 +34,11 @@ from explorer.analyses.runs import RunResults  # noqa: E402
 from explorer.analyses.uncertainty_measures import MEASURE_LABELS  # noqa: E402
 from explorer.data.store import ResultsStore  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/<name>.py` finds bench.common
+from bench.common import print_run  # noqa: E402
+
 N_QUESTIONS, N_MEASURES, N_RESAMPLES = 1000, 20, 1000
 EXTRA = {f"bench_measure_{i}": f"Benchmark measure {i}" for i in range(N_MEASURES - len(MEASURE_LABELS))}
-
-
-def load_average() -> float:
-    return os.getloadavg()[0]
 
 
 def stored_run(db: str) -> tuple[str, np.ndarray, np.ndarray]:
@@ -114,14 +113,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    print(f"load average before: {load_average():.1f} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)")
-    rows = run(args.device, args.quick)
-    if not rows:
-        print(f"nothing measured on {args.device}: the tables are CPU work")
-    for row in rows:
-        print(f"{row['case']}: ours {row['ours_s']:.2f} s, {row['baseline']} {row['baseline_s']:.1f} s "
-              f"-> ratio {row['ratio']:.0f}, error {row['error']:.1e}; {row['note']}")
-    print(f"load average after: {load_average():.1f}")
+    print_run(lambda: run(args.device, args.quick), args.device)
 
 
 if __name__ == "__main__":

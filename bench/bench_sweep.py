@@ -23,7 +23,9 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,11 +34,10 @@ from explorer.analyses.temperature import Batch, sample_batch
 from explorer.data.questions import DEFAULT_QUESTIONS, load_questions
 from explorer.models.sampling import batch_seed
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/<name>.py` finds bench.common
+from bench.common import print_run  # noqa: E402
+
 TEMPERATURES = (0.7, 1.2)
-
-
-def load_average() -> float:
-    return os.getloadavg()[0]
 
 
 def plan(n_questions: int, n_samples: int, per_batch: int = 2, tokens: int = 16) -> list[Batch]:
@@ -130,15 +131,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    print(f"load average before: {load_average():.1f} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)")
-    rows = run(args.device, args.quick)
-    if not rows:
-        print(f"no {args.device} device: nothing measured")
-    for row in rows:
-        error = "" if row["error"] is None else f", error {row['error']:.1e}"
-        print(f"{row['case']}: ours {row['ours_s']:.3f} s, {row['baseline']} {row['baseline_s']:.3f} s "
-              f"-> ratio {row['ratio']:.2f}{error}; {row['note']}")
-    print(f"load average after: {load_average():.1f}")
+    print_run(lambda: run(args.device, args.quick), args.device)
 
 
 if __name__ == "__main__":

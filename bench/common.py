@@ -96,3 +96,12 @@ def table(rows: list[dict], markdown: bool = False) -> str:
         if row.get("note"):
             lines.append("    " + row["note"])
     return "\n".join(lines)
+
+
+def print_run(run: Callable[[], list[dict]], device: str) -> list[dict]:
+    """A benchmark's ``main``: the load average before and after, and ``run()``'s rows as one table."""
+    print(f"load average before: {load_average():.1f} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)")
+    rows = run()
+    print(table(rows) if rows else f"no {device} device: nothing measured")
+    print(f"load average after: {load_average():.1f}")
+    return rows
