@@ -1,6 +1,6 @@
 """A shared server under load, in real browsers (issue 11): ``explorer serve`` on loopback, headless
 Chromium sessions on all five pages, one session running a long job, open/close churn with the
-server's memory sampled. Bounded: every wait has a timeout, the module takes about 2-3 minutes on 2
+server's memory sampled. Bounded: every wait has a timeout, the module takes 3-6 minutes on 2
 cores (server start and warm-up included) and stops by itself.
 
 What is measured (``tests/browser/load_driver.py``): a move's latency runs from just before the key
@@ -57,8 +57,8 @@ CHURN_CYCLES = 20
 FIRST_CYCLES = 10
 WAIT_MS = 60_000          # any one open or move
 WARM_TIMEOUT_S = 240      # server start and warm-up
-SCENARIO_BUDGET_S = 150
-CHURN_BUDGET_S = 150
+SCENARIO_BUDGET_S = 360   # a slower 2-core machine (AVX2 only) needed more than 150 s
+CHURN_BUDGET_S = 360
 
 OPEN_P95_MS = 3000
 INTERACT_P95_MS = 500
