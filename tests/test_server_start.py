@@ -196,3 +196,17 @@ def test_the_release_runs_in_a_daemon_thread():
     thread = server.release_freed_memory_periodically(0.01)
     time.sleep(0.05)
     assert thread.daemon and thread.is_alive() and thread.name == "explorer-release-memory"
+
+
+def test_server_start_imports_every_page_module_before_the_warming_thread(monkeypatch):
+    """A renamed or broken module in ``PRELOADED`` would only be logged at start: fail here instead.
+    The warmed pages' modules must be among them (the warming thread imports them otherwise)."""
+    import sys
+
+    warmed = {"explorer.views.conformal", "explorer.views.diversity", "explorer.views.token_lens"}
+    assert warmed <= set(server.PRELOADED)
+    failed = []   # start() may have stopped this logger propagating: record its warnings directly
+    monkeypatch.setattr(server.log, "warning", lambda *args, **kwargs: failed.append(args))
+    server.preload_modules()
+    assert failed == []
+    assert all(name in sys.modules for name in server.PRELOADED)
