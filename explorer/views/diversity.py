@@ -74,7 +74,7 @@ for (const [table, i] of [[o, qi], [m, ti]]) {
     if (key.startsWith("@@")) { html = html.split(key).join(escape(table[key][i])); }
   }
 }
-cards.text = html;
+cards.text = escape(html);   // Panel's HTML model holds escaped markup (its view decodes it)
 """
 
 

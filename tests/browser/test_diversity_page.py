@@ -27,6 +27,28 @@ SOURCE_COLUMN = """([name, column]) => {
   return null;
 }"""
 MODEL_IDS = """() => Bokeh.documents.flatMap(doc => Array.from(doc._all_models.keys())).sort()"""
+# The Vendi card as the browser shows it right after the first change a move makes to the document (the
+# page's client-side callback; the server's reply comes a round trip later), read in a microtask.
+FIRST_CHANGE_CARD = """() => {
+  window.__firstCard = null;
+  const deep = (selector) => {
+    const found = [], roots = [document];
+    while (roots.length) {
+      const root = roots.pop();
+      found.push(...root.querySelectorAll(selector));
+      for (const el of root.querySelectorAll('*')) { if (el.shadowRoot) roots.push(el.shadowRoot); }
+    }
+    return found;
+  };
+  let seen = false;
+  for (const doc of Bokeh.documents) {
+    doc.on_change((event) => {
+      if (seen || ['css_classes', 'value', 'value_throttled', 'search', 'href'].includes(event.attr)) return;
+      seen = true;
+      queueMicrotask(() => { window.__firstCard = deep('.dv-card-vendi').map((el) => el.innerText).join('|'); });
+    });
+  }
+}"""
 LEGEND_VISIBLE = """(name) => {
   for (const doc of Bokeh.documents) {
     const fig = doc.get_model_by_name(name);
@@ -93,7 +115,11 @@ def test_sets_q_kernel_comparison_and_bad_upload(app_url, page, screenshot, tmp_
     subsample_before = column(page, "dv-subsample", "mean")
     handle = page.locator(".dv-q .noUi-handle").first
     handle.focus()
+    page.evaluate(FIRST_CHANGE_CARD)
     handle.press("ArrowRight")
+    # the browser redraws the cards itself (as markup, not stripped text), before the server's reply
+    page.wait_for_function("() => window.__firstCard !== null", timeout=30_000)
+    assert "Vendi (q = 1.5)" in page.evaluate("() => window.__firstCard")
     handle.press("ArrowRight")
     page.locator(".dv-card-vendi", has_text="q = 2").wait_for(timeout=30_000)
     q2_vendi = float(card(page, "vendi"))
