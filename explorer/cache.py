@@ -37,3 +37,10 @@ def once_per_process(key: Hashable, make: Callable[[], Any]) -> Any:
             with _ONCE_GUARD:
                 _ONCE[key] = value
         return _ONCE[key]
+
+
+def already_computed(key: Hashable) -> Any:
+    """The value :func:`once_per_process` holds for ``key``, or None when it has not been computed (never
+    computes it)."""
+    with _ONCE_GUARD:
+        return _ONCE.get(key)

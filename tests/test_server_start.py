@@ -128,6 +128,21 @@ def test_a_page_opened_after_warming_computes_nothing():
         warm.summary()["target"] == pytest.approx(0.9)
 
 
+def test_the_training_page_opened_after_warming_computes_nothing():
+    """Warming waits for the training page's chained jobs (load the bundled runs and log, then measure
+    and fit); a page opened after it takes over the spectra, fits and forecasts."""
+    from explorer.analyses.training import TrainingAnalysis
+    from explorer.views.training import TrainingDynamics
+
+    assert "training" in server.warm(("training",))
+    warm = server.warm_analysis(TrainingAnalysis)
+    assert warm.runs and warm.logs and warm.is_computed()
+    page = TrainingDynamics()
+    page.jobs.wait()
+    assert page.analysis.runs is warm.runs and page.analysis.is_computed()
+    assert sum(page.analysis.computations.values()) == 0
+
+
 def test_a_failing_warm_step_is_skipped(monkeypatch, caplog):
     monkeypatch.setitem(server.WARMERS, "broken", lambda: 1 / 0)
     with caplog.at_level(logging.ERROR, logger="explorer.views.server"):

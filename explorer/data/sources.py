@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from explorer.cache import once_per_process
+from explorer.cache import already_computed, once_per_process
 from explorer.data.uploads import MAX_UPLOAD_BYTES, Upload, human_size
 from explorer.errors import InputError
 from explorer.progress import Progress
@@ -61,6 +61,12 @@ class Sources:
     def options(self) -> dict[str, str]:
         """``{label: key}`` for a select widget."""
         return {source.label: source.key for source in self}
+
+    def loaded(self, key: str) -> Any:
+        """Source ``key`` when a shared source of this process has loaded it already (a page can show it
+        at once, without a job), else None."""
+        source = self._sources.get(key)
+        return already_computed(("source", self.what, key)) if source and source.kind in SHARED_KINDS else None
 
     def load(self, key: str, progress: Progress | None = None, uploads: tuple[Upload, ...] | list[Upload] = (),
              location: str = "", **options) -> Any:

@@ -130,10 +130,19 @@ class ConformalExplorer(pn.viewable.Viewer):
         self.param.watch(self._show_example, ["selected_row"])
         self.param.watch(self._on_source, ["source"])
         self._layout = self._build()
-        if self.analysis.outputs is None:
-            on_open(self._load_current)
-        else:
+        if self.analysis.outputs is not None:
             on_open(self._on_settings)
+        elif not self._open_loaded():
+            on_open(self._load_current)
+
+    def _open_loaded(self) -> bool:
+        """The chosen source is loaded in this process already (the server loads and computes the bundled
+        one at start): set it now, so that the first document sent shows its (warm) results."""
+        outputs = None if self.links.share_id else CLASSIFIER_SOURCES.loaded(self.source)
+        if outputs is None:
+            return False
+        self._set_outputs(self.source, outputs)
+        return True
 
     # ------------------------------------------------------------------ actions (no computation here)
     def _upload_files(self) -> list:

@@ -199,8 +199,23 @@ class DiversityExplorer(QuietChanges, pn.viewable.Viewer):
         self._rebuild()
         if given and a.dataset is not None:
             on_open(self._compute)
-        else:
+        elif not self._open_loaded():
             on_open(lambda: self._on_source(None))
+
+    def _open_loaded(self) -> bool:
+        """The chosen source is loaded in this process already (the server loads and computes the bundled
+        ones at start): set it now; the first document sent shows its results when they are warm."""
+        data = None if self.links.share_id else EMBEDDING_SOURCES.loaded(self.source)
+        if data is None:
+            return False
+        with self._quiet():
+            self._set_data(data)
+        adopt_warm_results(self.analysis)
+        if self.analysis.is_computed():
+            self._rebuild()
+        else:
+            self._compute()
+        return True
 
     # ----------------------------------------------------------------------------- jobs
     def _compute(self) -> None:

@@ -8,8 +8,8 @@ data directory.
   message);
 * :func:`warm_in_background`: a daemon thread computes what every first page open would otherwise
   compute (the bundled data sets and the digits network, the default texts' embeddings and spectra,
-  the conformal sets of the digits network, the default lens trace) while the server already
-  answers. Pages take over these results with :func:`adopt_warm_results` when their settings match
+  the conformal sets of the digits network, the default lens trace, the bundled training runs'
+  spectra and entropy-law fits) while the server already answers. Pages take over these results with :func:`adopt_warm_results` when their settings match
   (results are shared read-only between sessions, never copied);
 * :func:`release_freed_memory_periodically`: a daemon thread gives the memory of closed sessions
   back to the operating system (glibc keeps it otherwise).
@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 _WARM: dict[type, Analysis] = {}
 _WARM_LOCK = threading.Lock()
 _STARTED = threading.Event()
-WARM_STEPS = ("conformal", "diversity", "lens")
+WARM_STEPS = ("conformal", "diversity", "lens", "training")
 WARM_TIMEOUT_S = 900
 RELEASE_EVERY_S = 15.0
 
@@ -135,8 +135,10 @@ def _warm_page(module: str, component: str) -> Analysis:
     with set_curdoc(Document()):
         page = getattr(import_module(module), component)()
         deadline = time.monotonic() + WARM_TIMEOUT_S
-        while not page.analysis.is_computed():   # a page's jobs may chain (load, then compute)
+        while True:   # a page's jobs may chain (load, then compute); one with nothing loaded yet is "computed"
             page.jobs.wait(WARM_TIMEOUT_S)
+            if not page.jobs.busy() and page.analysis.is_computed():
+                break
             if page.jobs.message and not page.jobs.busy() or time.monotonic() > deadline:
                 raise RuntimeError(page.jobs.message or f"{component} did not compute its default view")
             time.sleep(0.1)
@@ -147,6 +149,7 @@ WARMERS: dict[str, Callable[[], Analysis]] = {
     "conformal": lambda: _warm_page("explorer.views.conformal", "ConformalExplorer"),
     "diversity": lambda: _warm_page("explorer.views.diversity", "DiversityExplorer"),
     "lens": lambda: _warm_page("explorer.views.token_lens", "TokenEntropyLens"),
+    "training": lambda: _warm_page("explorer.views.training", "TrainingDynamics"),
 }
 
 

@@ -21,7 +21,7 @@ import pandas as pd
 import panel as pn
 import param
 from bokeh.models import (
-    ColorBar, ColumnDataSource, CustomJS, FactorRange, HoverTool, LinearAxis, LinearColorMapper, Range1d,
+    ColorBar, ColumnDataSource, CustomJS, Div, FactorRange, HoverTool, LinearAxis, LinearColorMapper, Range1d,
     SingleIntervalTicker, Span,
 )
 from bokeh.palettes import Viridis256
@@ -131,7 +131,20 @@ class TokenEntropyLens(pn.viewable.Viewer):
         self._layout = self._build()
         self.analysis.param.watch(self._on_display, list(DISPLAY_SETTINGS))
         self.analysis.param.watch(self._on_attention_choice, ["layer", "head"])
-        on_open(self._score_on_open)
+        if not self._show_warm():
+            on_open(self._score_on_open)
+
+    def _show_warm(self) -> bool:
+        """A page opened on the text the server scored at start shows it in the first document sent
+        (its plots rendered once, with their data), without a job; False when there is none to show."""
+        if self.links.applied.get("mode") == "generate" or not self.analysis.text.strip():
+            return False
+        self.analysis.mode = "score"
+        adopt_warm_results(self.analysis)
+        if not self.analysis.is_computed():
+            return False
+        self._show_run()
+        return True
 
     def _score_on_open(self) -> None:
         """The page opens on a scored text (the default one, or one linked from another page), or on
@@ -483,9 +496,12 @@ class DeeperLens(pn.viewable.Viewer):
         self._build_branches()
         self._build_compare()
         self._build_reasoning()
+        # only the tab on screen is in the browser (a page opens with one tab's figures, not five); the
+        # clicks source, which the coloured text writes to whatever tab is open, lives outside the tabs
         self._tabs = pn.Tabs(*zip(DEEPER_TITLES, (self._regions_tab, self._lens_tab, self._branches_tab,
                                                    self._compare_tab, self._reasoning_tab)),
-                             dynamic=False, width=RESULTS_WIDTH, css_classes=["lens-deeper-tabs"])
+                             dynamic=True, width=RESULTS_WIDTH, css_classes=["lens-deeper-tabs"])
+        self._clicks_holder = pn.pane.Bokeh(Div(tags=[self._clicks], visible=False), visible=False, margin=0)
         self._tabs.param.watch(lambda _event: self.ensure(self.active_tab), "active")
         a = self.analysis
         a.param.watch(self._on_temperature, ["temperature"])
@@ -501,7 +517,7 @@ class DeeperLens(pn.viewable.Viewer):
 
     def __panel__(self):
         return pn.Column(pn.pane.HTML(f"{DEEPER_CSS}<h3 style='margin:14px 0 0'>The lens, deeper</h3>", margin=(0, 5)),
-                         self._tabs, width=RESULTS_WIDTH)
+                         self._tabs, self._clicks_holder, width=RESULTS_WIDTH)
 
     @property
     def active_tab(self) -> str:

@@ -41,6 +41,7 @@ from explorer.errors import InputError
 from explorer.views.diversity import LOG_TICKS
 from explorer.views.jobs import JobRunner
 from explorer.views.links import PageLinks
+from explorer.views.server import adopt_warm_results
 from explorer.views.shared import (
     AMBER,
     QuietChanges,
@@ -164,12 +165,14 @@ class TrainingDynamics(QuietChanges, pn.viewable.Viewer):
         if given and (a.runs or a.logs or a.data_size is not None):
             on_open(self._compute_given)
         else:
+            if not self.links.share_id:   # loaded in this process already: shown in the first document sent
+                self._load_runs(self.source, (), loaded_only=True)
             on_open(self._open)
 
     # ----------------------------------------------------------------------------- jobs
     def _open(self) -> None:
         """Load the chosen sources; files a share restored into the drop zones are loading already."""
-        if not uploaded(self._upload):
+        if not uploaded(self._upload) and self._loaded["runs"] is None:
             self._load_runs(self.source, ())
         if not uploaded(self._log_upload):
             self._load_logs(self.log_source, [], None)
@@ -184,12 +187,16 @@ class TrainingDynamics(QuietChanges, pn.viewable.Viewer):
             self._show_data_size()
 
     def _compute_representations(self) -> None:
+        adopt_warm_results(self.analysis)   # the bundled runs' spectra, when the server computed them at start
         self._show_representations()
+        if self._representations_cached():
+            return
         self.jobs.submit(self.analysis.compute_representations, "Measuring every checkpoint", slot="spectra",
                          on_done=lambda _r: self._show_representations(),
                          on_error=lambda _e: self._show_representations())
 
     def _compute_laws(self) -> None:
+        adopt_warm_results(self.analysis)
         self._show_laws()
         a = self.analysis
         self.jobs.submit(lambda progress: a.law_fits(progress=progress), "Fitting the entropy law", slot="fits",
@@ -198,8 +205,17 @@ class TrainingDynamics(QuietChanges, pn.viewable.Viewer):
                          slot="forecasts",
                          on_done=lambda _r: self._show_forecast())
 
-    def _load_runs(self, key: str, uploads: tuple) -> None:
-        """Load a representation source (a bundled one once per page: its spectra stay cached), then measure it."""
+    def _representations_cached(self) -> bool:
+        try:
+            with self.analysis.reading():
+                self.analysis.compute_representations()
+        except InputError:
+            return False
+        return True
+
+    def _load_runs(self, key: str, uploads: tuple, loaded_only: bool = False) -> None:
+        """Load a representation source (a bundled one once per page: its spectra stay cached), then measure
+        it; ``loaded_only``: only if it is loaded in this process already (no job)."""
         label = "Loading the bundled training runs (trained on first use)" if key == "digits" else \
             f"Reading {len(uploads)} checkpoint file(s)"
 
@@ -213,8 +229,11 @@ class TrainingDynamics(QuietChanges, pn.viewable.Viewer):
                 self._apply_linked_epoch()
             self._configure_representation_widgets()
             self._compute_representations()
-        if key in self._bundled:
-            loaded(self._bundled[key])
+        ready = self._bundled.get(key) or (TRAINING_SOURCES.loaded(key) if key != "upload" else None)
+        if ready is not None:
+            loaded(ready)
+            return
+        if loaded_only:
             return
         self.jobs.submit(lambda progress: TRAINING_SOURCES.load(key, progress, uploads), label, slot="load-runs",
                          on_done=loaded)
