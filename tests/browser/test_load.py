@@ -1,7 +1,7 @@
 """A shared server under load, in real browsers (issue 11): ``explorer serve`` on loopback, headless
 Chromium sessions on all five pages, one session running a long job, open/close churn with the
-server's memory sampled. Bounded: every wait has a timeout, the module takes 3-6 minutes on 2
-cores (server start and warm-up included) and stops by itself.
+server's memory sampled. Bounded: every wait has a timeout, the module takes about 2 minutes on 2
+cores (server start and warm-up included; budgets allow a machine 3x slower) and stops by itself.
 
 What is measured (``tests/browser/load_driver.py``): a move's latency runs from just before the key
 press to the moment the page shows the new text (round trip, server work, redraw); its server share
@@ -48,7 +48,7 @@ import pytest
 from load_driver import (PAGES, Server, Session, Timings, churn, explorer_server, job_delays, keep_generating, launch,
                          load_average, move_all, percentile, sample_rss, settle, summary_line, wait_warm)
 
-pytestmark = [pytest.mark.browser, pytest.mark.extended]   # about 5 minutes on 2 cores: --slow
+pytestmark = pytest.mark.browser   # about 2 minutes on 2 cores (CI runs it)
 
 MOVERS = ("conformal", "diversity", "temperature", "training")
 MOVES = 6
@@ -178,11 +178,12 @@ def _delays(found: Sessions, suffix: str) -> tuple[dict[str, float], str]:
 
 
 @pytest.mark.xfail(strict=False, reason=(   # not strict: a quieter machine may meet it
-    "Not met with Chromium on the same 2 cores. Measured on this machine (4 tabs, one page each, opened at "
-    "once): p95 11-19 s at load average 3-9; one page alone 2.2-5.3 s at load 1-5 (the lens, not among the "
-    "four, 8-9 s). One open costs the server 1-2.5 s of CPU and Chromium 1.5-4 s (BokehJS style "
-    "recalculation and layout; a lens open 2.3 s and 11 s), so four opens need about 10 s of two cores "
-    "whatever the server does. bench/bench_server.py prints the figures per page."))
+    "Not met with Chromium on the same 2 cores. Measured (2-core AVX-512 machine, 2026-12-01), 4 tabs opened "
+    "at once: 10-11.5 s each at load average 3-4, while one page alone opens in 1.8-2.9 s. The server builds "
+    "each page's document on its event loop (0.7-1 s of CPU each: the four HTTP answers came at 0.9, 2.5, 3.0 "
+    "and 4.2 s, the pages' scripts behind them), then Chromium renders four documents (1-1.5 s of CPU each) "
+    "on the same two cores. Two server processes (--num-procs 2) gave 10.2-10.5 s: the cores, not the "
+    "event loop, are the limit. bench/bench_server.py prints the figures per page."))
 def test_four_sessions_open_within_3_s(sessions):
     opens = [sessions.timings.samples[(key, "open")][0] for key in MOVERS]
     p95 = percentile(opens, 0.95)
@@ -190,11 +191,11 @@ def test_four_sessions_open_within_3_s(sessions):
                                 f"({dict(zip(MOVERS, (round(v) for v in opens)))}; {sessions.load[1]})")
 
 
-@pytest.mark.xfail(strict=False, reason=(   # not strict: a quieter machine may meet it
-    "Not met with Chromium on the same 2 cores. Measured on this machine, 4 sessions moving at once: p95 "
-    "615 ms at load average 2.8 (diversity p50 276 ms, temperature 199 ms, training 173 ms, conformal 59 ms), "
-    "713 ms at load 7. The server's share of a move is 10-60 ms of CPU; a diversity move costs Chromium's "
-    "main thread about 250 ms (BokehJS redraws), so four tabs moving every 0.3-0.6 s fill the two cores."))
+@pytest.mark.xfail(strict=False, reason=(   # not strict: met on some machines
+    "Met on a 2-core AVX-512 machine (p95 440 ms at load average 1.6, 2026-12-01), not on a 2-core AVX2 one "
+    "(p95 615 ms at load 2.8, 713 ms at load 7): the server's share of a move is 10-60 ms of CPU; a diversity "
+    "move costs Chromium's main thread up to 250 ms (BokehJS redraws), so four tabs moving every 0.3-0.6 s "
+    "fill two cores."))
 def test_four_sessions_interaction_p95_within_500_ms(sessions):
     moves = [v for key in MOVERS for v in sessions.timings.samples[(key, "interact")]]
     p95 = percentile(moves, 0.95)
