@@ -27,20 +27,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "browser"))
 
 from conftest import chromium, served_app  # noqa: E402
+from load_driver import DEEP_MATCHES  # noqa: E402
 
 HOOK = """() => {
   const state = window.__dv = {t0: 0, first: 0, redrawn: 0, last: 0, painted: 0, changes: 0, seen: ''};
-  const deep = (selector) => {   // every match, through Panel's shadow roots
-    const found = [], roots = [document];
-    while (roots.length) {
-      const root = roots.pop();
-      found.push(...root.querySelectorAll(selector));
-      for (const el of root.querySelectorAll('*')) { if (el.shadowRoot) roots.push(el.shadowRoot); }
-    }
-    return found;
-  };
+  const deep = """ + DEEP_MATCHES + """;
   const marker = () => {
     for (const doc of Bokeh.documents) {
       for (const model of doc.all_models) {

@@ -159,11 +159,21 @@ def note(page, tab: str) -> str:
     return page._deeper._notes[tab].object
 
 
-def test_every_new_tab_builds_with_its_figures(page):
-    names = {model.name for model in page.root.references() if model.name}
-    assert {"lens-regions-figure", "lens-layers-figure", "lens-column-figure", "lens-alternatives-figure",
-            "lens-branches-figure", "lens-compare-entropy", "lens-compare-ead", "lens-reasoning-figure"} <= names
-    assert page._deeper._tabs._names == list(DEEPER_TITLES)
+def test_only_the_open_tab_is_rendered_and_every_tab_builds_with_its_figures(page):
+    """The deeper tabs are dynamic: a page opens with one tab's figures in its document (the clicks source
+    the coloured text writes to is always there); each other tab renders its own when opened."""
+    deeper = page._deeper
+
+    def names(root) -> set[str]:
+        return {model.name for model in root.references() if model.name}
+    shown = names(page.root)
+    assert deeper._tabs.active == 0 and "lens-regions-figure" in shown and f"lens-{deeper.uid}-clicks" in shown
+    assert not {"lens-layers-figure", "lens-branches-figure", "lens-reasoning-figure"} & shown
+    expected = [{"lens-layers-figure", "lens-column-figure"}, {"lens-branches-figure", "lens-alternatives-figure"},
+                {"lens-compare-entropy", "lens-compare-ead"}, {"lens-reasoning-figure"}]
+    for tab, figures in zip(deeper._tabs.objects[1:], expected):
+        assert figures <= names(pn.panel(tab).get_root())
+    assert deeper._tabs._names == list(DEEPER_TITLES)
     assert "data-pos='3'" in page._tokens.object and f"lens-text-{page._deeper.uid}" in page._tokens.object
 
 

@@ -38,6 +38,16 @@ READY = {"conformal": (".cp-summary-body", "Digits MLP"), "diversity": (".dv-car
          "lens": (".lens-summary", "scored"), "temperature": (".ts-cost", "Cost:"),
          "training": (".tr-claim", "")}
 TIMEOUT_MS = 240_000
+#: every element matching a CSS selector, through Panel's shadow roots (a JavaScript function expression)
+DEEP_MATCHES = """(selector) => {
+  const found = [], roots = [document];
+  while (roots.length) {
+    const root = roots.pop();
+    found.push(...root.querySelectorAll(selector));
+    for (const el of root.querySelectorAll('*')) { if (el.shadowRoot) roots.push(el.shadowRoot); }
+  }
+  return found;
+}"""
 #: a Bokeh figure's title, by the figure's name (titles are drawn on a canvas, not in the DOM)
 FIGURE_TITLE = """(name) => {
   for (const doc of Bokeh.documents) {

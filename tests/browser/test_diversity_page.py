@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from playwright.sync_api import expect
 
+from load_driver import DEEP_MATCHES
+
 pytestmark = pytest.mark.browser
 
 JOB_TIMEOUT_MS = 240_000
@@ -31,15 +33,7 @@ MODEL_IDS = """() => Bokeh.documents.flatMap(doc => Array.from(doc._all_models.k
 # page's client-side callback; the server's reply comes a round trip later), read in a microtask.
 FIRST_CHANGE_CARD = """() => {
   window.__firstCard = null;
-  const deep = (selector) => {
-    const found = [], roots = [document];
-    while (roots.length) {
-      const root = roots.pop();
-      found.push(...root.querySelectorAll(selector));
-      for (const el of root.querySelectorAll('*')) { if (el.shadowRoot) roots.push(el.shadowRoot); }
-    }
-    return found;
-  };
+  const deep = """ + DEEP_MATCHES + """;
   let seen = false;
   for (const doc of Bokeh.documents) {
     doc.on_change((event) => {
