@@ -407,12 +407,24 @@ def test_auto_precision_uses_float32_only_below_the_display_precision():
 
 
 # ------------------------------------------------------------------------ eigensolver choice
-def test_solver_choice_is_a_fixed_size_rule_so_results_repeat_bit_for_bit():
-    assert diversity.cpu_solver(diversity.TORCH_ABOVE) == "scipy"
-    assert diversity.cpu_solver(diversity.TORCH_ABOVE + 1) == "torch"
+def test_solver_choice_is_fixed_per_size_so_results_repeat_bit_for_bit(monkeypatch):
+    assert diversity.cpu_solver(diversity.SCIPY_UP_TO) == "scipy"
+    assert diversity.cpu_solver(diversity.TORCH_FROM) == "torch"
     X = blobs(150, 5, seed=8)
     first = kernel_spectrum(X, kernel="rbf", sigma=2.0).eigenvalues
     assert all(torch.equal(kernel_spectrum(X, kernel="rbf", sigma=2.0).eigenvalues, first) for _ in range(3))
+    # between the two, the first matrix of a size bucket is timed with both solvers, once per process
+    monkeypatch.setattr(diversity, "_TIMED_SOLVERS", {})
+    n = diversity.SCIPY_UP_TO + 100
+    assert diversity.cpu_solver(n) is None
+    K = pairwise_kernel(blobs(n, 5, seed=9), blobs(n, 5, seed=9), "rbf", 2.0)
+    before = K.clone()
+    timed = diversity.symmetric_eigenvalues(K)
+    chosen = diversity.cpu_solver(n)
+    assert chosen in ("scipy", "torch") and diversity.cpu_solver(n + 20) == chosen   # same bucket
+    assert torch.equal(K, before)
+    assert torch.equal(diversity.symmetric_eigenvalues(K), timed)   # the chosen solver's values, every time
+    assert torch.equal(timed, diversity._cpu_eigenvalues(K.clone(), chosen, overwrite=False))
 
 
 @pytest.mark.parametrize("solver", ["scipy", "torch"])

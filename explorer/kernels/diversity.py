@@ -13,6 +13,8 @@ neural network representations during training using noise-resilient diffusion s
 from __future__ import annotations
 
 import math
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -68,16 +70,49 @@ def _resolved_sigma(X: torch.Tensor, kernel: Kernel, sigma: float | None) -> flo
 
 
 # ------------------------------------------------------------------------------------- eigen solver
-#: CPU eigensolver by size: scipy (OpenBLAS) up to this n, torch (MKL) above. Where they cross on the 2-core
-#: dev machine: one-thread CPU times equal at n = 2,000 (0.40 vs 0.45 s), scipy 1.7x faster at 1,000, torch
-#: 1.4x faster at 3,000; two threads (quiet, issue 10): scipy 2x faster at 600, torch 1.56x at 5,000.
-#: A fixed rule keeps results bit-for-bit repeatable in a process; ``bench_vendi.py`` re-measures the crossing.
-TORCH_ABOVE = 2000
+#: CPU eigensolver by size: scipy (OpenBLAS) up to SCIPY_UP_TO, torch (MKL) from TORCH_FROM. In between the two
+#: cross where the CPU decides: 2-core AVX2 machine, torch 1.4x faster at 3,000; 2-core AVX-512 machine, scipy
+#: 1.1-1.4x faster at 3,000 in one run, torch 1.1x in another; both machines: scipy 1.6-2x faster at 1,000-1,500,
+#: torch 1.5x at 5,000. There the first matrix of each size bucket (a quarter octave) is solved by both and the
+#: faster solver is kept for that bucket in this process, so results still repeat bit for bit in a process.
+SCIPY_UP_TO = 2000
+TORCH_FROM = 4500
+_TIMED_SOLVERS: dict[int, str] = {}   # size bucket -> the solver timed faster in this process
+_TIMED_LOCK = threading.Lock()
 
 
-def cpu_solver(n: int) -> str:
-    """"scipy" or "torch" for an ``n x n`` symmetric spectrum on a CPU (see :data:`TORCH_ABOVE`)."""
-    return "torch" if n > TORCH_ABOVE else "scipy"
+def _size_bucket(n: int) -> int:
+    return round(4 * math.log2(n))
+
+
+def cpu_solver(n: int) -> str | None:
+    """"scipy" or "torch" for an ``n x n`` symmetric spectrum on a CPU; None between :data:`SCIPY_UP_TO` and
+    :data:`TORCH_FROM` until a matrix of ``n``'s size bucket was timed with both (:func:`symmetric_eigenvalues`)."""
+    if n <= SCIPY_UP_TO:
+        return "scipy"
+    if n >= TORCH_FROM:
+        return "torch"
+    with _TIMED_LOCK:
+        return _TIMED_SOLVERS.get(_size_bucket(n))
+
+
+def _cpu_eigenvalues(M: torch.Tensor, solver: str, overwrite: bool) -> torch.Tensor:
+    if solver == "torch":
+        return torch.linalg.eigvalsh(M).double()
+    return torch.from_numpy(scipy.linalg.eigvalsh(M.numpy().T, overwrite_a=overwrite, check_finite=False)).double()
+
+
+def _solved_by_the_faster(M: torch.Tensor, overwrite: bool) -> torch.Tensor:
+    """The first matrix of an undecided size bucket: solved by both solvers (torch first: it leaves ``M``
+    alone), the faster one kept for the bucket; returns that one's eigenvalues."""
+    values, seconds = {}, {}
+    for solver in ("torch", "scipy"):
+        started = time.perf_counter()
+        values[solver] = _cpu_eigenvalues(M, solver, overwrite and solver == "scipy")
+        seconds[solver] = time.perf_counter() - started
+    with _TIMED_LOCK:
+        chosen = _TIMED_SOLVERS.setdefault(_size_bucket(M.shape[0]), min(seconds, key=seconds.get))
+    return values[chosen]
 
 
 def symmetric_eigenvalues(M: torch.Tensor, dtype: torch.dtype = torch.float64, overwrite: bool = False) -> torch.Tensor:
@@ -93,10 +128,10 @@ def symmetric_eigenvalues(M: torch.Tensor, dtype: torch.dtype = torch.float64, o
             return torch.linalg.eigvalsh(M).double()
         except RuntimeError:
             return symmetric_eigenvalues(M.cpu(), dtype, overwrite=True).to(M.device)
-    if cpu_solver(M.shape[0]) == "torch":
-        return torch.linalg.eigvalsh(M).double()
-    return torch.from_numpy(scipy.linalg.eigvalsh(M.numpy().T, overwrite_a=overwrite or converted,
-                                                  check_finite=False)).double()
+    solver = cpu_solver(M.shape[0])
+    if solver is None:
+        return _solved_by_the_faster(M, overwrite or converted)
+    return _cpu_eigenvalues(M, solver, overwrite or converted)
 
 
 def round_off_tolerance(values: torch.Tensor, n: int, dtype: torch.dtype = torch.float64) -> float:
