@@ -140,6 +140,7 @@ def test_the_training_page_opened_after_warming_computes_nothing():
     page = TrainingDynamics()
     page.jobs.wait()
     assert page.analysis.runs is warm.runs and page.analysis.is_computed()
+    assert page.analysis.answers_from_cache(page.analysis.compute_representations)
     assert sum(page.analysis.computations.values()) == 0
 
 

@@ -256,10 +256,13 @@ class Analysis(param.Parameterized):
 
     def is_computed(self) -> bool:
         """True when every step of :meth:`compute` is cached for the current settings."""
+        return all(self.answers_from_cache(read) for _label, read in self.compute_steps())
+
+    def answers_from_cache(self, read: Callable[..., Any]) -> bool:
+        """True when ``read(progress=None)`` (a step of :meth:`compute_steps`) needs no computation now."""
         try:
             with self.reading():
-                for _label, read in self.compute_steps():
-                    read(progress=None)
+                read(progress=None)
         except InputError:   # NotComputed, or nothing to compute from yet (no data)
             return False
         return True

@@ -9,8 +9,9 @@ data directory.
 * :func:`warm_in_background`: a daemon thread computes what every first page open would otherwise
   compute (the bundled data sets and the digits network, the default texts' embeddings and spectra,
   the conformal sets of the digits network, the default lens trace, the bundled training runs'
-  spectra and entropy-law fits) while the server already answers. Pages take over these results with :func:`adopt_warm_results` when their settings match
-  (results are shared read-only between sessions, never copied);
+  spectra and entropy-law fits) while the server already answers. Pages take over these results
+  with :func:`adopt_warm_results` when their settings match (results are shared read-only between
+  sessions, never copied);
 * :func:`release_freed_memory_periodically`: a daemon thread gives the memory of closed sessions
   back to the operating system (glibc keeps it otherwise).
 

@@ -189,7 +189,7 @@ class TrainingDynamics(QuietChanges, pn.viewable.Viewer):
     def _compute_representations(self) -> None:
         adopt_warm_results(self.analysis)   # the bundled runs' spectra, when the server computed them at start
         self._show_representations()
-        if self._representations_cached():
+        if self.analysis.answers_from_cache(self.analysis.compute_representations):
             return
         self.jobs.submit(self.analysis.compute_representations, "Measuring every checkpoint", slot="spectra",
                          on_done=lambda _r: self._show_representations(),
@@ -204,14 +204,6 @@ class TrainingDynamics(QuietChanges, pn.viewable.Viewer):
         self.jobs.submit(lambda progress: a.forecasts(progress=progress), "Forecasting from the first steps",
                          slot="forecasts",
                          on_done=lambda _r: self._show_forecast())
-
-    def _representations_cached(self) -> bool:
-        try:
-            with self.analysis.reading():
-                self.analysis.compute_representations()
-        except InputError:
-            return False
-        return True
 
     def _load_runs(self, key: str, uploads: tuple, loaded_only: bool = False) -> None:
         """Load a representation source (a bundled one once per page: its spectra stay cached), then measure
@@ -229,7 +221,7 @@ class TrainingDynamics(QuietChanges, pn.viewable.Viewer):
                 self._apply_linked_epoch()
             self._configure_representation_widgets()
             self._compute_representations()
-        ready = self._bundled.get(key) or (TRAINING_SOURCES.loaded(key) if key != "upload" else None)
+        ready = self._bundled.get(key) or TRAINING_SOURCES.loaded(key)   # (None for uploads)
         if ready is not None:
             loaded(ready)
             return
